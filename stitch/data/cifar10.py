@@ -1,0 +1,121 @@
+"""CIFAR-10 from local files, in any of three layouts under ``root``:
+
+* torchvision's official files (``cifar-10-batches-py/``; ``download=true`` fetches them),
+* an image folder ``train/<class>/*`` and ``test/<class>/*`` (how
+  ``shared/data/cifar10-jpeg/to_folder.py`` unpacks the JPEG copy),
+* the packed JPEG arrays ``train.npz``/``test.npz`` of that copy (read directly).
+
+Images are decoded once; the decoded uint8 tensors are cached next to the data
+(``decoded-<layout>.pt``, loaded with ``weights_only=True``) so later runs start in
+a second.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataNotFoundError
+from .base import CIFAR_MEAN, CIFAR_STD, ImageDataModule, set_normalization
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+SHARED_JPEG = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10-jpeg"
+
+
+def decode_images(files_or_bytes, size: int | None = None) -> torch.Tensor:
+    from PIL import Image
+
+    out = []
+    for item in files_or_bytes:
+        img = Image.open(io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else item).convert("RGB")
+        if size is not None and img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
+        out.append(np.asarray(img, dtype=np.uint8))
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+
+
+def read_image_folder(split_dir: Path, classes: tuple[str, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    classes = classes or tuple(sorted(d.name for d in split_dir.iterdir() if d.is_dir()))
+    files, labels = [], []
+    for c, name in enumerate(classes):
+        for f in sorted((split_dir / name).iterdir()):
+            if f.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"):
+                files.append(f)
+                labels.append(c)
+    return decode_images(files), torch.tensor(labels, dtype=torch.int64)
+
+
+def read_packed_jpeg(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    z = np.load(path)
+    jpeg, offsets = z["jpeg"], z["offsets"]
+    blobs = (jpeg[offsets[i]:offsets[i + 1]].tobytes() for i in range(len(offsets) - 1))
+    return decode_images(blobs), torch.from_numpy(z["labels"].astype(np.int64))
+
+
+class CIFAR10DataModule(ImageDataModule):
+    name = "cifar10"
+    num_classes = 10
+
+    def __init__(self, root: str = "data/cifar10", download: bool = False, layout: str = "auto",
+                 cache: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.root = Path(os.path.expanduser(str(root)))
+        self.download = download
+        self.layout = layout
+        self.cache = cache
+        set_normalization(self, CIFAR_MEAN, CIFAR_STD)
+
+    def _detect(self) -> str:
+        if self.layout != "auto":
+            return self.layout
+        if (self.root / "cifar-10-batches-py").is_dir():
+            return "torchvision"
+        if (self.root / "train").is_dir() and (self.root / "test").is_dir():
+            return "folder"
+        if (self.root / "train.npz").is_file() and (self.root / "test.npz").is_file():
+            return "npz"
+        if self.download:
+            return "torchvision"
+        hint = ""
+        if SHARED_JPEG.is_dir():
+            hint = (f"\n  In this workplace the JPEG copy is at {SHARED_JPEG}: pass data.root={SHARED_JPEG} "
+                    f"(read directly) or unpack it with `python {SHARED_JPEG}/to_folder.py {self.root}`.")
+        raise DataNotFoundError(
+            f"CIFAR-10 not found under {self.root.resolve()}. Put one of these there:\n"
+            f"  - torchvision's files (cifar-10-batches-py/), or run with data.download=true to fetch them;\n"
+            f"  - an image folder train/<class>/*.jpg and test/<class>/*.jpg;\n"
+            f"  - the packed train.npz and test.npz.\n"
+            f"  Or point data.root=<dir> at them.{hint}")
+
+    def load(self):
+        layout = self._detect()
+        cache = self.root / f"decoded-{layout}.pt"
+        if self.cache and cache.is_file():
+            blob = torch.load(cache, weights_only=True)
+            return {k: (v["x"], v["y"]) for k, v in blob.items()}
+        if layout == "torchvision":
+            from torchvision.datasets import CIFAR10
+
+            out = {}
+            for split in ("train", "test"):
+                ds = CIFAR10(str(self.root), train=split == "train", download=self.download)
+                out[split] = (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
+                              torch.tensor(ds.targets, dtype=torch.int64))
+        elif layout == "folder":
+            out = {s: read_image_folder(self.root / s, CLASSES if (self.root / s / CLASSES[0]).is_dir() else None)
+                   for s in ("train", "test")}
+        elif layout == "npz":
+            out = {s: read_packed_jpeg(self.root / f"{s}.npz") for s in ("train", "test")}
+        else:
+            raise DataNotFoundError(f"unknown CIFAR-10 layout {layout!r}; use auto, torchvision, folder or npz")
+        if self.cache:
+            try:  # a read-only data directory only costs the cache
+                tmp = cache.with_suffix(".tmp")
+                torch.save({k: {"x": x, "y": y} for k, (x, y) in out.items()}, tmp)
+                os.replace(tmp, cache)
+            except OSError:
+                pass
+        return out
