@@ -25,6 +25,7 @@ class DigitsDataModule(ImageDataModule):
         self.image_size = image_size
         self.split_seed = split_seed
         set_normalization(self, DIGITS_MEAN, DIGITS_STD)
+        self.transform.flip = False  # a mirrored digit is another glyph
 
     def load(self):
         from sklearn.datasets import load_digits

@@ -1,0 +1,32 @@
+"""Stitching experiments.
+
+    python stitch.py                                   # Tiny-10 on digits, donors seeds 0 and 1, every layer, TLM and DM
+    python stitch.py -m layer=all method=tlm,dm seed=0,1,2
+    python stitch.py layer=layer3 target_layer=all method=dm      # one row of the layer x layer matrix
+    python stitch.py model@model2=resnet20 layer=layer4 target_layer=layer2.0
+"""
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from stitch.cli import to_dict, user_errors_as_messages
+from stitch.experiment import format_table, run_study
+
+log = logging.getLogger("stitch")
+
+
+@hydra.main(config_path="conf", config_name="stitch", version_base="1.3")
+@user_errors_as_messages
+def main(cfg: DictConfig) -> int:
+    records = run_study(to_dict(cfg))
+    if cfg.print_table:
+        print(format_table(records))
+    failed = sum(r["status"] != "ok" for r in records)
+    if failed:
+        log.warning("%d of %d runs failed; see their records in %s", failed, len(records), cfg.results_dir)
+    return failed
+
+
+if __name__ == "__main__":
+    main()

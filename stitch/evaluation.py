@@ -1,0 +1,120 @@
+"""Metrics of a stitched network on a split (test by default).
+
+* accuracy of the stitched network, of model 2 and of model 1, relative accuracy
+  (stitched / model 2);
+* cross-entropy of the stitched network to model 2's output distribution and the
+  agreement of their predictions;
+* paper 2's DM "structural" score: mean over batches of ||S(A) - B||^2 / ||B||^2;
+* similarity indices between the stitched and model 2's representation (and the
+  raw A and B), on the first ``samples`` images.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+import torch
+
+from . import similarity
+from .features import FeatureSource, autocast
+from .stitching import StitchedNetwork, to_rows
+
+log = logging.getLogger(__name__)
+
+
+def _predictions(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    return (logits > 0) if multilabel else logits.argmax(1)
+
+
+def _correct(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """Per-sample accuracy: 0/1, or the fraction of attributes right for multi-label tasks."""
+    pred = _predictions(logits, multilabel)
+    return (pred == y.bool()).float().mean(1) if multilabel else (pred == y).float()
+
+
+def _soft_ce(logits: torch.Tensor, target_logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    if multilabel:
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, torch.sigmoid(target_logits), reduction="none").mean(1)
+    return -(torch.softmax(target_logits, 1) * torch.log_softmax(logits, 1)).sum(1)
+
+
+def representation_pair(x: torch.Tensor, y: torch.Tensor, mode: str = "rows") -> tuple[torch.Tensor, torch.Tensor]:
+    """Two activations as 2-D matrices with matching rows.
+
+    ``rows``: one row per spatial position/token when the layouts match, else
+    spatially pooled (N x C; tokens: the mean token); ``pooled``; ``flatten``: N x (C*H*W).
+    """
+    if mode == "flatten":
+        return x.reshape(len(x), -1), y.reshape(len(y), -1)
+    if mode == "rows" and x.shape[2:] == y.shape[2:]:
+        return to_rows(x), to_rows(y)
+    pool = lambda t: t.mean((2, 3)) if t.dim() == 4 else (t.mean(1) if t.dim() == 3 else t)  # noqa: E731
+    return pool(x), pool(y)
+
+
+def similarities(x: torch.Tensor, y: torch.Tensor, names: Iterable[str], mode: str = "rows") -> dict[str, float | None]:
+    """Each requested index, or None with a logged reason when it is undefined for these inputs."""
+    X, Y = representation_pair(x.float(), y.float(), mode)
+    out: dict[str, float | None] = {}
+    for name in names:
+        try:
+            out[name] = similarity.get(name)(X, Y)
+        except ValueError as e:
+            log.warning("similarity %s undefined here: %s", name, e)
+            out[name] = None
+    return out
+
+
+@torch.no_grad()
+def evaluate(net: StitchedNetwork, source: FeatureSource, multilabel: bool, split: str = "test",
+             similarity_names: Iterable[str] = (), similarity_samples: int = 500, similarity_mode: str = "rows",
+             raw_similarity: bool = True) -> dict[str, float | None]:
+    net.eval()
+    device = source.device
+    n = 0
+    sums = {k: torch.zeros((), dtype=torch.float64, device=device)
+            for k in ("stitched", "model1", "model2", "ce", "agree", "structural")}
+    batches = 0
+    keep_s, keep_a, keep_b = [], [], []
+    kept = 0
+    for batch in source.batches(split):
+        with autocast(device, source.precision):
+            s = net.stitch(batch.a)
+            logits = net.head(s).float()
+            a1 = batch.a if torch.is_autocast_enabled(device.type) else batch.a.float()
+            logits1 = net.front.forward_from(a1, net.layer).float()
+        z2, y, b = batch.z2.float(), batch.y, batch.b
+        sums["stitched"] += _correct(logits, y, multilabel).sum()
+        sums["model1"] += _correct(logits1, y, multilabel).sum()
+        sums["model2"] += _correct(z2, y, multilabel).sum()
+        sums["ce"] += _soft_ce(logits, z2, multilabel).sum()
+        pred_s, pred_2 = _predictions(logits, multilabel), _predictions(z2, multilabel)
+        sums["agree"] += ((pred_s == pred_2).float().mean(1) if multilabel else (pred_s == pred_2).float()).sum()
+        diff = (s.float() - b.float()).pow(2).sum()
+        sums["structural"] += diff / b.float().pow(2).sum().clamp_min(1e-30)
+        batches += 1
+        n += len(y)
+        if kept < similarity_samples:
+            take = min(similarity_samples - kept, len(y))
+            keep_s.append(s[:take].float().cpu())
+            keep_b.append(b[:take].float().cpu())
+            keep_a.append(batch.a[:take].float().cpu())
+            kept += take
+    acc2 = float(sums["model2"] / n)
+    acc_s = float(sums["stitched"] / n)
+    metrics: dict[str, float | None] = {
+        "stitched_acc": acc_s, "model1_acc": float(sums["model1"] / n), "model2_acc": acc2,
+        "relative_acc": acc_s / acc2 if acc2 > 0 else None,
+        "cross_entropy": float(sums["ce"] / n), "agreement": float(sums["agree"] / n),
+        "dm_structural": float(sums["structural"] / batches), "eval_samples": n,
+    }
+    names = list(similarity_names)
+    if names and kept >= 2:
+        S, A, B = torch.cat(keep_s), torch.cat(keep_a), torch.cat(keep_b)
+        for k, v in similarities(S, B, names, similarity_mode).items():
+            metrics[f"sim/{k}"] = v
+        if raw_similarity:
+            for k, v in similarities(A, B, names, similarity_mode).items():
+                metrics[f"sim_raw/{k}"] = v
+    return metrics

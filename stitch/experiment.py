@@ -1,0 +1,310 @@
+"""One stitching study: donors, layer pairs, methods -> one result record per run.
+
+``run_study(cfg)`` is what ``stitch.py`` calls. For every (source layer, target
+layer, method) it writes ``<results_dir>/records/<run key>.json`` atomically. A
+record that already exists with ``status: ok`` is skipped unless ``force=true``; a
+run that fails (e.g. a diverged loss) is recorded with ``status: failed`` and the
+study goes on. Donors, the data and cached activations are shared by all runs of
+the study, which is what makes ``layer=all`` cheap.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import re
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import store
+from .donors import datamodule_from_cfg, donor_key, train_donor
+from .errors import CheckpointError, ConfigError
+from .evaluation import evaluate
+from .features import ActivationCache, FeatureSource, resolve_cache_dtype, resolve_precision
+from .fileio import read_json, write_json
+from .matching import MatchingStatistics, solve
+from .matching.task_loss import linear_cka_torch, train_task_loss
+from .models import StitchableNetwork
+from .stitching import StitchedNetwork, build_stitching_layer, to_rows
+from .version import code_version
+
+log = logging.getLogger(__name__)
+
+METHOD_KINDS = ("tlm", "dm")
+# keys of the config that do not change a run's result (excluded from its identity)
+_NON_SEMANTIC = {"force", "results_dir", "store", "logger", "print_table", "device", "study", "layer",
+                 "target_layer", "method", "donor", "cache", "batch_size"}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ------------------------------------------------------------------------ donors
+def get_donor(cfg: dict, which: str, device: torch.device) -> tuple[StitchableNetwork, dict, store.DonorKey]:
+    mcfg = cfg[which]
+    key = donor_key(cfg["data"], mcfg, mcfg["seed"])
+    if not store.exists(key, cfg["store"]):
+        if not cfg["donor"].get("train_missing", False):
+            raise CheckpointError(f"no trained donor {key} for {which} in the model store "
+                                  f"{store.store_root(cfg['store']).resolve()}; train it with:\n  {key.train_command()}"
+                                  f"\n(or run with donor.train_missing=true)")
+        log.info("donor %s missing: training it now (donor.train_missing=true)", key)
+        d = cfg["donor"]
+        train_donor(cfg["data"], mcfg, d["optim"], d["trainer"], d["epochs"], mcfg["seed"], cfg["store"],
+                    logger_cfg=None)
+    net, meta = store.load(key, cfg["store"], device)
+    if bool(meta.get("normalize", True)) != bool(cfg["data"].get("normalize", True)):
+        raise ConfigError(f"donor {key} was trained with data.normalize={meta.get('normalize')} but this run uses "
+                          f"data.normalize={cfg['data'].get('normalize')}; use the same preprocessing")
+    return net, meta, key
+
+
+# ------------------------------------------------------------------------ layers
+def _as_list(v) -> list[str] | str | None:
+    if v is None or isinstance(v, str):
+        return v
+    return [str(x) for x in v]
+
+
+def layer_pairs(cfg: dict, m1: StitchableNetwork, m2: StitchableNetwork) -> list[tuple[str, str]]:
+    """Expand ``layer``/``target_layer`` ('all', a name, or a list of names) into (L, M) pairs."""
+    layer, target = _as_list(cfg["layer"]), _as_list(cfg.get("target_layer"))
+    sources = m1.layers if layer == "all" else ([layer] if isinstance(layer, str) else layer)
+    for L in sources:
+        m1.check_layer(L)
+    if target is None:
+        for L in sources:
+            if L not in m2.layers:
+                raise ConfigError(f"target_layer is unset, so the target is the source layer {L!r}, which model 2 "
+                                  f"({m2.family}) does not have; pass target_layer=<name> or target_layer=all. "
+                                  f"Model 2 layers: {', '.join(m2.layers)}")
+        return [(L, L) for L in sources]
+    targets = m2.layers if target == "all" else ([target] if isinstance(target, str) else target)
+    for M in targets:
+        m2.check_layer(M)
+    return [(L, M) for L in sources for M in targets]
+
+
+# ----------------------------------------------------------------------- records
+def run_identity(cfg: dict, L: str, M: str, method: str) -> tuple[str, dict]:
+    semantic = {k: v for k, v in cfg.items() if k not in _NON_SEMANTIC}
+    semantic.update(layer=L, target_layer=M, method=method, method_config=cfg["method"][method],
+                    model1=cfg["model1"], model2=cfg["model2"])
+    h = hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    tag = lambda m: store.DonorKey.make(cfg["data"]["name"], m["name"], m["seed"], m.get("options")).tag  # noqa
+    slug = (f"{tag(cfg['model1'])}.s{cfg['model1']['seed']}.{L}--{tag(cfg['model2'])}.s{cfg['model2']['seed']}.{M}"
+            f"--{method}.seed{cfg['seed']}-{h}")
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", slug), semantic
+
+
+def record_path(cfg: dict, slug: str) -> Path:
+    return Path(cfg["results_dir"]) / "records" / f"{slug}.json"
+
+
+def finished(path: Path) -> dict | None:
+    try:
+        rec = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return rec if rec.get("status") == "ok" else None
+
+
+# ----------------------------------------------------------------------- methods
+@dataclass
+class PairContext:
+    m1: StitchableNetwork
+    m2: StitchableNetwork
+    L: str
+    M: str
+    source: FeatureSource
+    input_shape: tuple[int, ...]
+    _stats: MatchingStatistics | None = None
+    _stats_samples: int | None = None
+
+    def new_network(self, rank: int | None = None) -> StitchedNetwork:
+        src = self.m1.layer_shapes(self.input_shape)[self.L]
+        dst = self.m2.layer_shapes(self.input_shape)[self.M]
+        layer = build_stitching_layer(src, dst, rank).to(self.source.device)
+        return StitchedNetwork(self.m1, self.m2, self.L, self.M, layer)
+
+    def statistics(self, net: StitchedNetwork, samples: int | None) -> MatchingStatistics:
+        """Sufficient statistics of (resized A rows, B rows) over the training split, one streaming pass."""
+        if self._stats is not None and self._stats_samples == samples:
+            return self._stats
+        stats = MatchingStatistics(device=self.source.device)
+        seen = 0
+        with torch.no_grad():
+            for batch in self.source.batches("train"):
+                a, b = batch.a, batch.b
+                if samples is not None:
+                    take = min(len(a), samples - seen)
+                    a, b = a[:take], b[:take]
+                stats.update(to_rows(net.stitch.prepare(a)), to_rows(b), check_finite=False)
+                seen += len(a)
+                if samples is not None and seen >= samples:
+                    break
+        self._stats, self._stats_samples = stats, samples
+        return stats
+
+
+def fit_direct(ctx: PairContext, mcfg: dict) -> tuple[StitchedNetwork, dict]:
+    net = ctx.new_network()
+    t = time.time()
+    stats = ctx.statistics(net, mcfg.get("samples"))
+    W, b = solve(stats, kind=mcfg.get("solver", "ls"), rank=mcfg.get("rank"), alpha=mcfg.get("alpha"),
+                 bias=mcfg.get("bias", True))
+    net.stitch.set_affine(W.float(), b.float())
+    info = {"rows": int(stats.n), "fit_s": time.time() - t}
+    if mcfg.get("solver") == "lasso":
+        info["sparsity"] = float((W.abs() < mcfg.get("zero_threshold", 1e-4)).float().mean())
+    return net, info
+
+
+def fit_task_loss(ctx: PairContext, mcfg: dict, seed: int, multilabel: bool) -> tuple[StitchedNetwork, dict]:
+    torch.manual_seed(seed)
+    net = ctx.new_network(mcfg.get("rank"))
+    init = mcfg.get("init", "random")
+    if init == "identity":
+        net.stitch.set_identity()
+    elif init in ("dm", "ls"):
+        W, b = solve(ctx.statistics(net, mcfg.get("init_samples")), kind="ls")
+        net.stitch.set_affine(W.float(), b.float())
+    elif init != "random":
+        raise ConfigError(f"unknown TLM init {init!r}; use random, identity or dm")
+    track = None
+    if mcfg.get("track_every"):
+        probe = next(ctx.source.batches("test", batch_size=mcfg.get("track_samples", 256)))
+
+        @torch.no_grad()
+        def track(step, n):
+            s = n.stitch(probe.a)
+            logits = n.head(s).float()
+            ce = -(torch.softmax(probe.z2, 1) * torch.log_softmax(logits, 1)).sum(1).mean()
+            r2 = 1 - (s.float() - probe.b.float()).pow(2).sum() / probe.b.float().pow(2).sum()
+            acc = (logits.argmax(1) == probe.y).float().mean() if not multilabel else None
+            return {"cka": float(linear_cka_torch(s, probe.b)), "r2": float(r2), "cross_entropy": float(ce),
+                    "stitched_acc": None if acc is None else float(acc)}
+    info = train_task_loss(net, ctx.source, mcfg, multilabel, seed=seed, on_track=track)
+    info["fit_s"] = info.pop("seconds")
+    if mcfg.get("l1"):
+        info["sparsity"] = float((net.stitch.matrix.abs() < mcfg.get("zero_threshold", 1e-4)).float().mean())
+    return net, info
+
+
+# ------------------------------------------------------------------------- study
+def run_study(cfg: dict) -> list[dict]:
+    t0 = time.time()
+    device = resolve_device(cfg.get("device", "auto"))
+    precision = resolve_precision(str(cfg.get("precision", "auto")), device)
+    methods = cfg.get("method") or {}
+    if not methods:
+        raise ConfigError("no method selected; use method=tlm, method=dm or method=[tlm,dm]")
+    for name, m in methods.items():
+        if m.get("kind") not in METHOD_KINDS:
+            raise ConfigError(f"method {name!r} has kind {m.get('kind')!r}; valid kinds: {', '.join(METHOD_KINDS)}")
+    dm = datamodule_from_cfg(cfg["data"], augment=True)
+    dm.setup()
+    m1, meta1, key1 = get_donor(cfg, "model1", device)
+    if store.DonorKey.make(cfg["data"]["name"], cfg["model2"]["name"], cfg["model2"]["seed"],
+                           cfg["model2"].get("options")) == key1:
+        m2, meta2, key2 = m1, meta1, key1  # self-stitching: one network
+    else:
+        m2, meta2, key2 = get_donor(cfg, "model2", device)
+    pairs = layer_pairs(cfg, m1, m2)
+    load_s = time.time() - t0
+    cache_cfg = cfg.get("cache") or {}
+    budget = cache_cfg.get("budget_gb", "auto")
+    if budget == "auto":
+        budget = (0.5 * torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda"
+                  else 4.0)
+    cache = ActivationCache(int(float(budget) * 2**30)) if cache_cfg.get("enabled", True) else None
+    sim = cfg.get("similarity") or {}
+    donors = {"model1": {"key": str(key1), "sha256": meta1.get("sha256"), "test_acc": meta1["metrics"]["test_acc"]},
+              "model2": {"key": str(key2), "sha256": meta2.get("sha256"), "test_acc": meta2["metrics"]["test_acc"]}}
+    records = []
+    for L, M in pairs:
+        source = FeatureSource(m1, m2, L, M, dm, device, precision, cache, resolve_cache_dtype(
+            cache_cfg.get("dtype", "auto"), device), batch_size=cfg.get("batch_size", 256),
+            limits={"train": cfg.get("train_limit"), "test": cfg.get("test_limit")})
+        ctx = PairContext(m1, m2, L, M, source, dm.input_shape)
+        for name, mcfg in methods.items():
+            slug, semantic = run_identity(cfg, L, M, name)
+            path = record_path(cfg, slug)
+            done = None if cfg.get("force") else finished(path)
+            if done is not None:
+                log.info("skip %s (finished; force=true reruns)", slug)
+                records.append(done)
+                continue
+            rec = {"run": slug, "study": cfg.get("study"), "layer": L, "target_layer": M, "method": name,
+                   "kind": mcfg["kind"], "seed": cfg["seed"], "data": cfg["data"]["name"],
+                   "model1": {**cfg["model1"], **donors["model1"]}, "model2": {**cfg["model2"], **donors["model2"]},
+                   "self_stitch": key1 == key2, "config": semantic, "code_version": code_version(),
+                   "device": str(device), "precision": precision,
+                   "hardware": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                   "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            t = time.time()
+            try:
+                if mcfg["kind"] == "dm":
+                    net, info = fit_direct(ctx, mcfg)
+                else:
+                    net, info = fit_task_loss(ctx, mcfg, cfg["seed"], dm.multilabel)
+                t_eval = time.time()
+                metrics = evaluate(net, source, dm.multilabel, "test", sim.get("indices", []),
+                                   sim.get("samples", 500), sim.get("mode", "rows"), sim.get("raw", True))
+                if (cfg.get("ood") or {}).get("enabled"):
+                    from .ood import ood_metrics
+
+                    metrics.update(ood_metrics(net, source, key2, cfg, dm))
+                history = info.pop("history", None)
+                rec.update(status="ok", metrics=metrics, fit=info, history=history, timings={
+                    "fit_s": info.get("fit_s"), "eval_s": time.time() - t_eval, "run_s": time.time() - t})
+            except (KeyboardInterrupt, ConfigError):
+                raise
+            except Exception as e:  # recorded, and the study goes on
+                log.error("run %s failed: %s", slug, e)
+                rec.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(),
+                           timings={"run_s": time.time() - t})
+            rec["timings"]["study_load_s"] = load_s
+            write_json(path, rec)
+            _log_wandb(cfg, rec)
+            records.append(rec)
+        if cache is not None and len(pairs) > 1 and cfg.get("target_layer") is None:
+            cache.clear()  # layer=all without a matrix: activations of this pair are not needed again
+    return records
+
+
+def _log_wandb(cfg: dict, rec: dict) -> None:
+    lcfg = cfg.get("logger") or {}
+    if lcfg.get("name") != "wandb":
+        return
+    from .loggers import WandbRun
+
+    run = WandbRun({**lcfg, "group": lcfg.get("group") or cfg.get("study")}, name=rec["run"], config=rec["config"])
+    for h in rec.get("history") or []:
+        run.log({f"track/{k}": v for k, v in h.items() if k != "step" and v is not None}, step=h["step"])
+    run.summary({k: v for k, v in (rec.get("metrics") or {}).items() if v is not None})
+    run.summary({"status": rec["status"]})
+    run.finish(exit_code=0 if rec["status"] == "ok" else 1)
+
+
+def format_table(records: list[dict]) -> str:
+    cols = [("layer", 10), ("target", 10), ("method", 12), ("status", 7), ("rel.acc", 8), ("acc", 7),
+            ("CE", 7), ("struct", 8), ("CKA", 6), ("fit s", 7)]
+    lines = ["  ".join(f"{c:>{w}}" for c, w in cols)]
+    for r in records:
+        m = r.get("metrics") or {}
+        f = lambda v, p=3: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+        vals = [r["layer"], r["target_layer"], r["method"], r["status"], f(m.get("relative_acc")),
+                f(m.get("stitched_acc")), f(m.get("cross_entropy")), f(m.get("dm_structural")),
+                f(m.get("sim/cka"), 2), f((r.get("timings") or {}).get("fit_s"), 1)]
+        lines.append("  ".join(f"{str(v):>{w}}" for v, (_, w) in zip(vals, cols)))
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""Task loss matching (TLM): train only the stitching layer by backpropagating a task
+loss through model 2's frozen back half.
+
+A plain PyTorch loop rather than a Lightning Trainer: a stitching run is small and
+runs thousands of times in a sweep, and the Trainer's per-run set-up (seconds)
+would dominate. Losses:
+
+* ``hard``: cross-entropy to the labels (paper 2), BCE for multi-label tasks;
+* ``soft``: cross-entropy to model 2's output distribution at temperature T
+  (paper 1; scaled by T^2 so gradients keep their size), BCE to its sigmoids.
+
+Optional terms: an L1 penalty on the stitching matrix (paper 1 Sec. 8) and a
+linear-CKA penalty between the stitched and model 2's representation, which
+pushes CKA down while the task loss holds accuracy (paper 1 Fig. 5).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import StitchError
+from ..features import FeatureSource, autocast
+from ..stitching import StitchedNetwork
+
+
+class TrainingDiverged(StitchError):
+    """The task loss became NaN or infinite."""
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor, temperature: float = 1.0,
+                       multilabel: bool = False) -> torch.Tensor:
+    t = temperature
+    if multilabel:
+        return nn.functional.binary_cross_entropy_with_logits(logits / t, torch.sigmoid(target_logits / t)) * t * t
+    p = torch.softmax(target_logits / t, dim=1)
+    return -(p * torch.log_softmax(logits / t, dim=1)).sum(1).mean() * t * t
+
+
+def linear_cka_torch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Differentiable linear CKA of two batches (flattened per sample), Gram form."""
+    x = x.reshape(len(x), -1).float()
+    y = y.reshape(len(y), -1).float()
+    x = x - x.mean(0, keepdim=True)
+    y = y - y.mean(0, keepdim=True)
+    kx, ky = x @ x.T, y @ y.T
+    return (kx * ky).sum() / (kx.norm() * ky.norm() + 1e-12)
+
+
+def task_loss(logits, y, z2, cfg: dict, multilabel: bool) -> torch.Tensor:
+    if cfg.get("loss", "hard") == "soft":
+        return soft_cross_entropy(logits.float(), z2.float(), cfg.get("temperature", 1.0), multilabel)
+    if multilabel:
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), y.float())
+    return nn.functional.cross_entropy(logits.float(), y)
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    if schedule == "constant":
+        return 1.0
+    if schedule == "step":  # x0.1 at 1/3 and 2/3 of training (paper 1's released code)
+        return 0.1 ** sum(step >= total * m for m in (1 / 3, 2 / 3))
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
+    raise ValueError(f"unknown TLM lr schedule {schedule!r}; use constant, step or cosine")
+
+
+def train_task_loss(net: StitchedNetwork, source: FeatureSource, cfg: dict[str, Any], multilabel: bool,
+                    seed: int = 0, on_track: Callable[[int, StitchedNetwork], dict] | None = None) -> dict:
+    """Train ``net.stitch`` in place; returns {"steps", "final_loss", "history", "seconds"}."""
+    device = source.device
+    params = [p for p in net.stitch.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.get("lr", 1e-3), weight_decay=cfg.get("weight_decay", 0.0))
+    epochs = int(cfg.get("epochs", 30))
+    bs = int(cfg.get("batch_size", 256))
+    augment = bool(cfg.get("augment", False))
+    need_target = cfg.get("loss", "hard") == "soft" or cfg.get("cka_penalty", 0.0) > 0
+    total = epochs * source.num_batches("train", bs)
+    l1 = float(cfg.get("l1", 0.0))
+    cka_w = float(cfg.get("cka_penalty", 0.0))
+    track_every = int(cfg.get("track_every", 0) or 0)
+    history: list[dict] = []
+    torch.manual_seed(seed)
+    net.train()
+    step, start, loss_value = 0, time.time(), float("nan")
+    if on_track is not None and track_every:
+        history.append({"step": 0, **on_track(0, net)})
+    for epoch in range(epochs):
+        for batch in source.batches("train", shuffle=True, augment=augment, seed=seed * 100003 + epoch,
+                                    batch_size=bs, need_target=need_target):
+            for group in opt.param_groups:
+                group["lr"] = cfg.get("lr", 1e-3) * lr_factor(cfg.get("schedule", "constant"), step, total)
+            with autocast(device, source.precision):
+                s = net.stitch(batch.a)
+                logits = net.head(s)
+            loss = task_loss(logits, batch.y, batch.z2, cfg, multilabel)
+            if l1:
+                loss = loss + l1 * net.stitch.matrix.abs().sum()
+            if cka_w:
+                loss = loss + cka_w * linear_cka_torch(s, batch.b)
+            # checking finiteness syncs the GPU: do it every 50 steps (and at the end of each epoch)
+            if step % 50 == 0 and not torch.isfinite(loss):
+                raise TrainingDiverged(f"TLM loss became {loss.item()} at step {step} (epoch {epoch}); "
+                                       f"try a lower method.lr or init=dm")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if on_track is not None and track_every and step % track_every == 0:
+                net.eval()
+                history.append({"step": step, "train_loss": float(loss), **on_track(step, net)})
+                net.train()
+        loss_value = float(loss.detach()) if step else float("nan")
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(f"TLM loss became {loss_value} in epoch {epoch}; try a lower method.lr or init=dm")
+    net.eval()
+    return {"steps": step, "final_loss": loss_value, "history": history, "seconds": time.time() - start}

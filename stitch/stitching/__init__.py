@@ -1,0 +1,6 @@
+"""Stitching layers and the stitched network."""
+from .layers import ConvStitch, StitchingLayer, TokenStitch, build_stitching_layer, to_rows
+from .network import StitchedNetwork, freeze
+
+__all__ = ["ConvStitch", "StitchedNetwork", "StitchingLayer", "TokenStitch", "build_stitching_layer", "freeze",
+           "to_rows"]

@@ -1,0 +1,99 @@
+"""Donor training: a LightningModule around any stitchable network.
+
+Batches from in-memory data sets arrive as uint8; they are augmented and
+normalised on the device in ``on_after_batch_transfer`` (see ``data.base``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torchmetrics
+from torch import nn
+
+from .data.base import ImageDataModule
+
+
+def task_loss(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    if multilabel:
+        return nn.functional.binary_cross_entropy_with_logits(logits, y.float())
+    return nn.functional.cross_entropy(logits, y)
+
+
+def accuracy_metric(num_classes: int, multilabel: bool) -> torchmetrics.Metric:
+    """Top-1 accuracy, or for multi-label tasks the mean per-attribute accuracy at sigmoid > 0.5."""
+    if multilabel:
+        return torchmetrics.classification.MultilabelAccuracy(num_labels=num_classes, average="macro")
+    return torchmetrics.classification.MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+
+def build_optimizer(params, cfg: dict[str, Any], steps_per_epoch: int, epochs: int):
+    """Optimiser + per-step LR schedule from a preset (``conf/optim/*.yaml``)."""
+    name = cfg["name"]
+    if name == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg.get("momentum", 0.9),
+                              weight_decay=cfg.get("weight_decay", 5e-4), nesterov=cfg.get("nesterov", False))
+    elif name == "adam":
+        opt = torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
+    elif name == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.05))
+    else:
+        raise ValueError(f"unknown optimiser {name!r}; use sgd, adam or adamw")
+    total = max(1, steps_per_epoch * epochs)
+    warmup = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
+    schedule = cfg.get("schedule", "cosine")
+    if schedule == "cosine":
+        f = lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + torch.cos(  # noqa: E731
+            torch.tensor(torch.pi * (s - warmup) / max(1, total - warmup))).item())
+    elif schedule == "step":  # x0.1 at 1/3 and 2/3 of training (paper 1's stitching schedule)
+        f = lambda s: 0.1 ** sum(s >= total * m for m in (1 / 3, 2 / 3))  # noqa: E731
+    elif schedule == "constant":
+        f = lambda s: 1.0  # noqa: E731
+    else:
+        raise ValueError(f"unknown LR schedule {schedule!r}; use cosine, step or constant")
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+
+class DonorModule(pl.LightningModule):
+    def __init__(self, model: nn.Module, datamodule: ImageDataModule, optim: dict[str, Any], epochs: int,
+                 label_smoothing: float = 0.0):
+        super().__init__()
+        self.model = model
+        self.dm = datamodule
+        self.optim_cfg = dict(optim)
+        self.epochs = epochs
+        self.multilabel = datamodule.multilabel
+        self.train_acc = accuracy_metric(datamodule.num_classes, self.multilabel)
+        self.val_acc = accuracy_metric(datamodule.num_classes, self.multilabel)
+        self.test_acc = accuracy_metric(datamodule.num_classes, self.multilabel)
+
+    def forward(self, x):
+        return self.model(x)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = batch
+        return self.dm.preprocess(x, augment=self.training), y
+
+    def _step(self, batch, metric: torchmetrics.Metric, stage: str):
+        x, y = batch
+        logits = self.model(x)
+        loss = task_loss(logits, y, self.multilabel)
+        metric(logits, y)
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", on_step=False, on_epoch=True, sync_dist=True)
+        self.log(f"{stage}/acc", metric, prog_bar=True, on_step=False, on_epoch=True)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, self.train_acc, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, self.val_acc, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, self.test_acc, "test")
+
+    def configure_optimizers(self):
+        steps = self.trainer.estimated_stepping_batches // max(1, self.epochs)
+        opt, sched = build_optimizer(self.model.parameters(), self.optim_cfg, steps, self.epochs)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
