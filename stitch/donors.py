@@ -16,8 +16,12 @@ from .training import DonorModule, accuracy_metric
 log = logging.getLogger(__name__)
 
 
+# keys of conf/data/*.yaml read by other parts of the config (e.g. the TLM recipe)
+_NOT_DATAMODULE_OPTIONS = {"name", "tlm_lr"}
+
+
 def datamodule_from_cfg(data_cfg: dict[str, Any], **overrides) -> data_lib.ImageDataModule:
-    opts = {k: v for k, v in dict(data_cfg).items() if k != "name"}
+    opts = {k: v for k, v in dict(data_cfg).items() if k not in _NOT_DATAMODULE_OPTIONS}
     opts.update(overrides)
     return data_lib.build(data_cfg["name"], **opts)
 
