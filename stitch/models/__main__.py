@@ -1,0 +1,39 @@
+"""List a model's stitchable layers with their activation shapes.
+
+    python -m stitch.models resnet18 --data cifar10
+    python -m stitch.models vit_tiny --option img_size=32 --option patch_size=4
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+import yaml
+
+from . import build, list_models
+
+_INPUTS = {"digits": (3, 32, 32), "synthetic": (3, 32, 32), "cifar10": (3, 32, 32), "svhn": (3, 32, 32),
+           "celeba": (3, 224, 224), "imagenet": (3, 224, 224)}
+_CLASSES = {"celeba": 40, "imagenet": 1000}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m stitch.models", description=__doc__.splitlines()[0])
+    p.add_argument("model", choices=list_models())
+    p.add_argument("--data", default="cifar10", choices=sorted(_INPUTS), help="data set (input size, classes)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="model option")
+    args = p.parse_args(argv)
+    options = {}
+    for item in args.option:
+        k, _, v = item.partition("=")
+        options[k] = yaml.safe_load(v)
+    net = build(args.model, num_classes=_CLASSES.get(args.data, 10), **options)
+    shape = _INPUTS[args.data]
+    print(f"{args.model} {options or ''} on {args.data} {shape}:")
+    print(f"  {'layer':<12} {'activation shape':<20} {'values':>10}")
+    for layer, s in net.layer_shapes(shape).items():
+        print(f"  {layer:<12} {str(s):<20} {math.prod(s):>10}")
+
+
+if __name__ == "__main__":
+    main()
