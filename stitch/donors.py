@@ -35,7 +35,7 @@ def evaluate(model: torch.nn.Module, dm: data_lib.ImageDataModule, split: str = 
              device: str | torch.device = "cpu", batch_size: int = 512) -> float:
     """Exact accuracy over a split (top-1, or mean per-attribute accuracy for multi-label sets)."""
     model.eval()
-    metric = accuracy_metric(dm.num_classes, dm.multilabel).to(device)
+    metric = accuracy_metric(dm.num_classes, dm.multilabel, sync=False).to(device)
     for x, y in dm.batches(split, batch_size, device=device):
         metric.update(model(x), y)
     return float(metric.compute())
@@ -59,6 +59,10 @@ def train_donor(data_cfg: dict, model_cfg: dict, optim_cfg: dict, trainer_cfg: d
     config = {"data": dict(data_cfg), "model": dict(model_cfg), "optim": dict(optim_cfg), "epochs": epochs,
               "seed": seed, "trainer": dict(trainer_cfg)}
     trainer_kwargs = {k: v for k, v in dict(trainer_cfg).items()}
+    if trainer_kwargs.get("sync_batchnorm") and (trainer_kwargs.get("accelerator") == "cpu"
+                                                 or not torch.cuda.is_available()):
+        log.info("sync_batchnorm needs GPUs: off for this CPU run (gloo)")
+        trainer_kwargs["sync_batchnorm"] = False
     trainer = pl.Trainer(max_epochs=epochs, logger=lightning_logger(logger_cfg, name=str(key).replace("/", "_"),
                                                                    config=config),
                          enable_checkpointing=False, enable_model_summary=False, **trainer_kwargs)

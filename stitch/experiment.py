@@ -27,7 +27,7 @@ from .donors import datamodule_from_cfg, donor_key, train_donor
 from .errors import CheckpointError, ConfigError
 from .evaluation import evaluate
 from .features import ActivationCache, FeatureSource, resolve_cache_dtype, resolve_precision
-from .fileio import read_json, write_json
+from .fileio import read_json, save_torch, write_json
 from .matching import MatchingStatistics, solve
 from .matching.task_loss import linear_cka_torch, train_task_loss
 from .models import StitchableNetwork
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 METHOD_KINDS = ("tlm", "dm")
 # keys of the config that do not change a run's result (excluded from its identity)
 _NON_SEMANTIC = {"force", "results_dir", "store", "logger", "print_table", "device", "study", "layer",
-                 "target_layer", "method", "donor", "cache", "batch_size"}
+                 "target_layer", "method", "donor", "cache", "batch_size", "save_stitch"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -108,6 +108,11 @@ def run_identity(cfg: dict, L: str, M: str, method: str) -> tuple[str, dict]:
 
 def record_path(cfg: dict, slug: str) -> Path:
     return Path(cfg["results_dir"]) / "records" / f"{slug}.json"
+
+
+def stitch_path(cfg: dict, slug: str) -> Path:
+    """Where ``save_stitch=true`` keeps a run's stitching layer (state dict, tensors only)."""
+    return Path(cfg["results_dir"]) / "stitches" / f"{slug}.pt"
 
 
 def finished(path: Path) -> dict | None:
@@ -240,6 +245,8 @@ def run_study(cfg: dict) -> list[dict]:
             slug, semantic = run_identity(cfg, L, M, name)
             path = record_path(cfg, slug)
             done = None if cfg.get("force") else finished(path)
+            if done is not None and cfg.get("save_stitch") and not stitch_path(cfg, slug).is_file():
+                done = None  # finished before save_stitch was on: redo it to get the stitching layer
             if done is not None:
                 log.info("skip %s (finished; force=true reruns)", slug)
                 records.append(done)
@@ -265,6 +272,11 @@ def run_study(cfg: dict) -> list[dict]:
 
                     metrics.update(ood_metrics(net, source, key2, cfg, dm))
                 history = info.pop("history", None)
+                if cfg.get("save_stitch"):
+                    # written before the record, so a record with stitch_file always has its file
+                    save_torch(stitch_path(cfg, slug),
+                               {k: v.detach().cpu().clone() for k, v in net.stitch.state_dict().items()})
+                    rec["stitch_file"] = f"stitches/{slug}.pt"
                 rec.update(status="ok", metrics=metrics, fit=info, history=history, timings={
                     "fit_s": info.get("fit_s"), "eval_s": time.time() - t_eval, "run_s": time.time() - t})
             except (KeyboardInterrupt, ConfigError):

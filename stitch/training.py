@@ -21,11 +21,16 @@ def task_loss(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> torch.
     return nn.functional.cross_entropy(logits, y)
 
 
-def accuracy_metric(num_classes: int, multilabel: bool) -> torchmetrics.Metric:
-    """Top-1 accuracy, or for multi-label tasks the mean per-attribute accuracy at sigmoid > 0.5."""
+def accuracy_metric(num_classes: int, multilabel: bool, sync: bool = True) -> torchmetrics.Metric:
+    """Top-1 accuracy, or for multi-label tasks the mean per-attribute accuracy at sigmoid > 0.5.
+
+    ``sync=False`` for evaluations that run on one process only (e.g. rank 0 after DDP).
+    """
     if multilabel:
-        return torchmetrics.classification.MultilabelAccuracy(num_labels=num_classes, average="macro")
-    return torchmetrics.classification.MulticlassAccuracy(num_classes=num_classes, average="micro")
+        return torchmetrics.classification.MultilabelAccuracy(num_labels=num_classes, average="macro",
+                                                              sync_on_compute=sync)
+    return torchmetrics.classification.MulticlassAccuracy(num_classes=num_classes, average="micro",
+                                                          sync_on_compute=sync)
 
 
 def build_optimizer(params, cfg: dict[str, Any], steps_per_epoch: int, epochs: int):

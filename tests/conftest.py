@@ -25,7 +25,7 @@ TRAINER = {"accelerator": "cpu", "devices": 1, "precision": "32-true", "strategy
 OPTIM = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine"}
 
 # the same overrides for CLI runs on the synthetic set
-SYNTH_OVERRIDES = ["data=synthetic", "data.train_size=384", "data.test_size=192", "donor.epochs=4",
+SYNTH_OVERRIDES = ["data=synthetic", "data.train_size=384", "data.test_size=192", "donor.epochs=8",
                    "donor.trainer.accelerator=cpu"]
 
 
@@ -36,7 +36,7 @@ def donor_store(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("store")
     for seed in (0, 1):
-        train_donor(SYNTH, {"name": "tiny10", "options": {"padding": "kornblith"}}, OPTIM, TRAINER, epochs=4,
+        train_donor(SYNTH, {"name": "tiny10", "options": {"padding": "kornblith"}}, OPTIM, TRAINER, epochs=8,
                     seed=seed, store_root=str(root), logger_cfg=None)
     return root
 
