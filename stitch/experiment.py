@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 METHOD_KINDS = ("tlm", "dm")
 # keys of the config that do not change a run's result (excluded from its identity)
-_NON_SEMANTIC = {"force", "results_dir", "store", "logger", "print_table", "device", "study", "layer",
+_NON_SEMANTIC = {"tlm", "dm", "force", "results_dir", "store", "logger", "print_table", "device", "study", "layer",
                  "target_layer", "method", "donor", "cache", "batch_size", "save_stitch"}
 
 
@@ -225,6 +225,8 @@ def run_study(cfg: dict) -> list[dict]:
     else:
         m2, meta2, key2 = get_donor(cfg, "model2", device)
     pairs = layer_pairs(cfg, m1, m2)
+    for L, M in pairs:  # incompatible layers are a configuration error: reject before running anything
+        build_stitching_layer(m1.layer_shapes(dm.input_shape)[L], m2.layer_shapes(dm.input_shape)[M])
     load_s = time.time() - t0
     cache_cfg = cfg.get("cache") or {}
     budget = cache_cfg.get("budget_gb", "auto")
@@ -252,7 +254,7 @@ def run_study(cfg: dict) -> list[dict]:
                 records.append(done)
                 continue
             rec = {"run": slug, "study": cfg.get("study"), "layer": L, "target_layer": M, "method": name,
-                   "kind": mcfg["kind"], "seed": cfg["seed"], "data": cfg["data"]["name"],
+                   "kind": mcfg["kind"], "variant": mcfg.get("name"), "seed": cfg["seed"], "data": cfg["data"]["name"],
                    "model1": {**cfg["model1"], **donors["model1"]}, "model2": {**cfg["model2"], **donors["model2"]},
                    "self_stitch": key1 == key2, "config": semantic, "code_version": code_version(),
                    "device": str(device), "precision": precision,

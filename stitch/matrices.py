@@ -1,0 +1,271 @@
+"""Layer x layer similarity matrices from result records, and paper 2's pathology flag.
+
+A study with ``layer=all target_layer=all`` writes one record per (source layer L,
+target layer M, method) (see :mod:`stitch.experiment`). This module turns a list of
+such records into one :class:`pandas.DataFrame` per metric, rows = source layer
+(model 1), columns = target layer (model 2), which is paper 2's layout ("the
+horizontal index is the target layer and the vertical index is the source layer").
+
+Metrics (:data:`METRICS`; ``<method>`` is each method name found, e.g. ``tlm``, ``dm``):
+
+=========================  ===========================================  ==========
+key                        value                                        better
+=========================  ===========================================  ==========
+``<method>/relative_acc``  stitched / model-2 accuracy                  higher
+``<method>/ood_auroc``     OOD AUROC of S(A) vs B (0.5 = in-dist.)      n/a
+``<method>/dm_structural`` ||S(A) - B||^2 / ||B||^2 (paper 2)           lower
+``cka``                    linear CKA of the raw A and B                higher
+``pwcca``                  PWCCA of the raw A and B                     higher
+``opd``                    orthogonal Procrustes distance of A and B    lower
+=========================  ===========================================  ==========
+
+The structural indices come from ``metrics["sim_raw/<index>"]`` (the raw source
+and target activations), identical for every method of a pair. ``dm_structural``
+is kept for every method (for TLM it measures how far its S(A) is from B).
+
+Pathology flag (paper 2): in a self-stitching (or same-architecture) matrix the
+diagonal compares a layer with itself (or its counterpart). A target layer M is
+*flagged* when some other source layer L scores better than the diagonal one,
+e.g. TLM rating layer 3 -> layer 5 above layer 5 -> layer 5.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import pandas as pd
+
+from .fileio import read_json
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """How to read one matrix's values from a record's ``metrics``."""
+
+    key: str                   # the metrics key in a record
+    higher_is_better: bool | None  # None: no "better" direction (e.g. OOD AUROC)
+    per_method: bool           # one matrix per method (True) or one shared by all methods (False)
+    label: str
+
+
+METRICS: dict[str, MetricSpec] = {
+    "relative_acc": MetricSpec("relative_acc", True, True, "relative accuracy"),
+    "ood_auroc": MetricSpec("ood/auroc", None, True, "OOD AUROC"),
+    "dm_structural": MetricSpec("dm_structural", False, True, "DM structural score"),
+    "cka": MetricSpec("sim_raw/cka", True, False, "CKA"),
+    "pwcca": MetricSpec("sim_raw/pwcca", True, False, "PWCCA"),
+    "opd": MetricSpec("sim_raw/opd", False, False, "OPD"),
+}
+
+
+# ----------------------------------------------------------------------- records
+def load_records(results_dir: str | Path, status: str | None = "ok") -> list[dict]:
+    """Read every ``<results_dir>/records/*.json`` (or ``results_dir/*.json``), keeping ``status`` ones."""
+    root = Path(results_dir)
+    folder = root / "records" if (root / "records").is_dir() else root
+    out = []
+    for p in sorted(folder.glob("*.json")):
+        try:
+            rec = read_json(p)
+        except (OSError, ValueError):
+            continue  # a file being written by a running study
+        if isinstance(rec, dict) and (status is None or rec.get("status") == status):
+            out.append(rec)
+    return out
+
+
+def layer_sort_key(name: str) -> tuple:
+    """Natural order of layer names: ``layer2`` < ``layer10``, ``layer1.1`` < ``layer2.0``, ``blocks.2`` < ``blocks.10``."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(name)))
+
+
+def _model_id(m: dict | None) -> str:
+    m = m or {}
+    return str(m.get("key") or f"{m.get('name')}/seed{m.get('seed')}")
+
+
+def select_records(records: Iterable[dict], *, model1: str | None = None, model2: str | None = None,
+                   study: str | None = None, data: str | None = None, seed: int | None = None,
+                   where: Callable[[dict], bool] | None = None) -> list[dict]:
+    """Finished records of one model pair.
+
+    ``model1``/``model2`` match the donor key recorded in the record (e.g.
+    ``digits/tiny10/seed0``) or a substring of it; ``seed`` is the stitching seed.
+    Raises ``ValueError`` if what remains mixes several model pairs (pass filters).
+    """
+    out = []
+    for r in records:
+        if r.get("status", "ok") != "ok":
+            continue
+        if model1 is not None and model1 not in _model_id(r.get("model1")):
+            continue
+        if model2 is not None and model2 not in _model_id(r.get("model2")):
+            continue
+        if study is not None and r.get("study") != study:
+            continue
+        if data is not None and r.get("data") != data:
+            continue
+        if seed is not None and r.get("seed") != seed:
+            continue
+        if where is not None and not where(r):
+            continue
+        out.append(r)
+    pairs = {(_model_id(r.get("model1")), _model_id(r.get("model2"))) for r in out}
+    if len(pairs) > 1:
+        raise ValueError(f"records of several model pairs {sorted(pairs)}; select one with model1=/model2=")
+    return out
+
+
+# ---------------------------------------------------------------------- matrices
+def _value(rec: dict, key: str) -> float | None:
+    v = (rec.get("metrics") or {}).get(key)
+    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def metric_matrix(records: Sequence[dict], key: str, *, method: str | None = None,
+                  sources: Sequence[str] | None = None, targets: Sequence[str] | None = None,
+                  aggregate: str = "mean") -> pd.DataFrame:
+    """One metric as a source x target DataFrame (NaN where no record has it).
+
+    ``key`` is a metrics key (``relative_acc``, ``ood/auroc``, ``sim_raw/cka``...);
+    ``method`` restricts to one method name. Several records for a cell (stitching
+    seeds) are combined with ``aggregate`` (``mean``, ``median``, ``min``, ``max``,
+    ``std``, ``count``).
+    """
+    rows = [(r["layer"], r["target_layer"], _value(r, key)) for r in records
+            if method is None or r.get("method") == method]
+    df = pd.DataFrame(rows, columns=["source", "target", "value"]).dropna()
+    srcs = list(sources) if sources is not None else sorted({r["layer"] for r in records}, key=layer_sort_key)
+    tgts = list(targets) if targets is not None else sorted({r["target_layer"] for r in records},
+                                                            key=layer_sort_key)
+    if df.empty:
+        mat = pd.DataFrame(index=srcs, columns=tgts, dtype=float)
+    else:
+        mat = df.pivot_table(index="source", columns="target", values="value", aggfunc=aggregate)
+        mat = mat.reindex(index=srcs, columns=tgts).astype(float)
+    mat.index.name, mat.columns.name = "source", "target"
+    return mat
+
+
+def similarity_matrices(records: Sequence[dict], metrics: Iterable[str] | None = None, *,
+                        methods: Iterable[str] | None = None, aggregate: str = "mean",
+                        sources: Sequence[str] | None = None, targets: Sequence[str] | None = None,
+                        drop_empty: bool = True) -> dict[str, pd.DataFrame]:
+    """Every matrix of :data:`METRICS` for one model pair.
+
+    Returns ``{name: DataFrame}`` with names ``<method>/<metric>`` for per-method
+    metrics (``tlm/relative_acc``, ``dm/ood_auroc``, ``dm/dm_structural``...) and
+    ``<metric>`` for the structural indices (``cka``, ``pwcca``, ``opd``). Matrices
+    with no value at all are left out unless ``drop_empty=False``. Pass the records
+    of one model pair (see :func:`select_records`).
+    """
+    records = list(records)
+    names = list(metrics) if metrics is not None else list(METRICS)
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown matrix metric(s) {unknown}; valid: {', '.join(METRICS)}")
+    found = sorted({r.get("method") for r in records if r.get("method")})
+    methods = list(methods) if methods is not None else found
+    out: dict[str, pd.DataFrame] = {}
+    for name in names:
+        spec = METRICS[name]
+        for method in (methods if spec.per_method else [None]):
+            m = metric_matrix(records, spec.key, method=method, sources=sources, targets=targets,
+                              aggregate=aggregate)
+            if drop_empty and m.isna().all().all():
+                continue
+            out[f"{method}/{name}" if method else name] = m
+    return out
+
+
+def better(spec_or_name: MetricSpec | str | bool | None) -> bool | None:
+    """The "higher is better" direction of a metric name / spec / matrix key (None: none)."""
+    if isinstance(spec_or_name, bool) or spec_or_name is None:
+        return spec_or_name
+    if isinstance(spec_or_name, MetricSpec):
+        return spec_or_name.higher_is_better
+    base = str(spec_or_name).split("/")[-1]
+    if base not in METRICS:
+        raise ValueError(f"unknown metric {spec_or_name!r}; valid: {', '.join(METRICS)}")
+    return METRICS[base].higher_is_better
+
+
+def pathology_flags(matrix: pd.DataFrame, higher_is_better: bool = True, *, tol: float = 0.0,
+                    diagonal: dict[str, str] | None = None, metric: str | None = None) -> list[dict]:
+    """Target layers for which another source layer scores better than the matching one.
+
+    ``diagonal`` maps each target layer to its matching source layer (default: the
+    source of the same name, i.e. self-stitching or the same architecture). A source
+    L is *better* than the diagonal source D for target M when
+    ``value[L, M] > value[D, M] + tol`` (``<`` and ``-`` for distances,
+    ``higher_is_better=False``). Targets without a diagonal value are skipped.
+
+    Returns one dict per (target, better source), sorted by target then margin::
+
+        {"metric", "target", "source", "diagonal_source", "value", "diagonal_value", "margin"}
+
+    with ``margin`` > 0 the amount by which the off-diagonal source is better.
+    """
+    if higher_is_better is None:
+        raise ValueError("this metric has no better/worse direction (e.g. OOD AUROC): no pathology flag")
+    sign = 1.0 if higher_is_better else -1.0
+    flags = []
+    for target in matrix.columns:
+        d_src = (diagonal or {}).get(target, target)
+        if d_src not in matrix.index:
+            continue
+        d_val = matrix.at[d_src, target]
+        if pd.isna(d_val):
+            continue
+        for src in matrix.index:
+            v = matrix.at[src, target]
+            if src == d_src or pd.isna(v):
+                continue
+            margin = sign * (float(v) - float(d_val))
+            if margin > tol:
+                flags.append({"metric": metric, "target": target, "source": src, "diagonal_source": d_src,
+                              "value": float(v), "diagonal_value": float(d_val), "margin": margin})
+    order = {t: i for i, t in enumerate(matrix.columns)}
+    flags.sort(key=lambda f: (order[f["target"]], -f["margin"]))
+    return flags
+
+
+def matrices_and_flags(records: Sequence[dict], metrics: Iterable[str] | None = None, *, tol: float = 0.0,
+                       diagonal: dict[str, str] | None = None, **kwargs
+                       ) -> tuple[dict[str, pd.DataFrame], dict[str, list[dict]]]:
+    """:func:`similarity_matrices` plus :func:`pathology_flags` of every matrix with a direction.
+
+    Returns ``(matrices, flags)``; ``flags[name]`` is the (possibly empty) list for
+    matrix ``name``. Matrices without a direction (OOD AUROC) have no entry.
+    """
+    mats = similarity_matrices(records, metrics, **kwargs)
+    flags = {}
+    for name, m in mats.items():
+        direction = better(name)
+        if direction is None:
+            continue
+        flags[name] = pathology_flags(m, direction, tol=tol, diagonal=diagonal, metric=name)
+    return mats, flags
+
+
+def flagged_targets(flags: list[dict]) -> list[str]:
+    """The distinct flagged target layers, in matrix order."""
+    seen: list[str] = []
+    for f in flags:
+        if f["target"] not in seen:
+            seen.append(f["target"])
+    return seen
+
+
+def diagonal(matrix: pd.DataFrame, mapping: dict[str, str] | None = None) -> pd.Series:
+    """The matching-layer values ``value[D(M), M]`` per target M (NaN where absent)."""
+    vals = {}
+    for t in matrix.columns:
+        s = (mapping or {}).get(t, t)
+        vals[t] = matrix.at[s, t] if s in matrix.index else float("nan")
+    return pd.Series(vals, name="diagonal", dtype=float)

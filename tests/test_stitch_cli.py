@@ -1,0 +1,93 @@
+"""`stitch.py` end to end: records, skipping finished work, failures recorded, clear errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import SYNTH_OVERRIDES, run_script
+
+pytestmark = pytest.mark.slow
+
+FAST = ["similarity.samples=64"]
+
+
+def _records(results: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((results / "records").glob("*.json"))]
+
+
+def _stitch(tmp_path, store, *args, multirun=False):
+    return run_script("stitch.py", *(["-m"] if multirun else []), f"store={store}", f"results_dir={tmp_path}/res",
+                      *SYNTH_OVERRIDES, *FAST, "tlm.epochs=2",
+                      f"hydra.run.dir={tmp_path}/out", f"hydra.sweep.dir={tmp_path}/multi", *args)
+
+
+def test_study_writes_records_skips_finished_runs_and_records_failures(tmp_path, donor_store):
+    r = _stitch(tmp_path, donor_store, "layer=[layer2,layer6]")
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = _records(tmp_path / "res")
+    assert sorted((x["layer"], x["method"]) for x in recs) == [("layer2", "dm"), ("layer2", "tlm"),
+                                                                ("layer6", "dm"), ("layer6", "tlm")]
+    for rec in recs:
+        assert rec["status"] == "ok"
+        m = rec["metrics"]
+        assert 0 <= m["relative_acc"] <= 1.2 and m["model2_acc"] > 0.9
+        assert {"cross_entropy", "agreement", "dm_structural", "sim/cka", "sim/pwcca", "sim_raw/cka"} <= set(m)
+        assert rec["model1"]["sha256"] and rec["code_version"] and rec["timings"]["run_s"] > 0
+    assert "rel.acc" in r.stdout and "layer6" in r.stdout
+    dm = [x for x in recs if x["method"] == "dm"]
+    assert all(x["metrics"]["relative_acc"] > 0.9 for x in dm)
+
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "res" / "records").glob("*.json")}
+    r = _stitch(tmp_path, donor_store, "layer=[layer2,layer6]")
+    assert r.returncode == 0 and (r.stdout + r.stderr).count("skip ") == 4
+    assert mtimes == {p: p.stat().st_mtime_ns for p in mtimes}  # nothing redone
+
+    r = _stitch(tmp_path, donor_store, "layer=layer2", "method=dm", "force=true")
+    assert r.returncode == 0
+    changed = [p for p in mtimes if p.stat().st_mtime_ns != mtimes[p]]
+    assert len(changed) == 1 and "layer2--" in changed[0].name and "--dm." in changed[0].name
+
+    # a diverging TLM run is recorded as failed and the study goes on to the next run
+    r = _stitch(tmp_path, donor_store, "layer=[layer3,layer4]", "tlm.lr=1e38", "tlm.epochs=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    new = [x for x in _records(tmp_path / "res") if x["layer"] in ("layer3", "layer4")]
+    assert {(x["layer"], x["method"], x["status"]) for x in new} == {
+        ("layer3", "tlm", "failed"), ("layer3", "dm", "ok"), ("layer4", "tlm", "failed"), ("layer4", "dm", "ok")}
+    assert all(x["error"] and x["traceback"] for x in new if x["status"] == "failed")
+
+
+def test_multirun_over_all_layers_and_methods(tmp_path, donor_store):
+    r = _stitch(tmp_path, donor_store, "layer=all", "method=tlm,dm", "tlm.epochs=1", multirun=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = _records(tmp_path / "res")
+    assert sorted((x["layer"], x["method"]) for x in recs) == sorted(
+        (f"layer{i}", m) for i in range(1, 9) for m in ("tlm", "dm"))
+    assert all(x["layer"] == x["target_layer"] for x in recs)
+
+
+def test_full_matrix_with_target_layer_all(tmp_path, donor_store):
+    r = _stitch(tmp_path, donor_store, "layer=[layer1,layer8]", "target_layer=all", "method=dm", "model2.seed=0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = _records(tmp_path / "res")
+    assert len(recs) == 16 and all(x["self_stitch"] for x in recs)
+    diag = [x for x in recs if x["layer"] == x["target_layer"]]
+    assert all(x["metrics"]["relative_acc"] == pytest.approx(1.0) for x in diag)
+
+
+def test_clear_errors(tmp_path, donor_store):
+    r = _stitch(tmp_path, donor_store, "layer=conv3", "method=dm")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "unknown layer 'conv3'" in r.stderr and "layer1, layer2, layer3" in r.stderr
+    r = _stitch(tmp_path, donor_store, "layer=layer2", "method=dm", "model2.seed=7", "donor.train_missing=false")
+    assert r.returncode == 2 and "python train_models.py data=synthetic model=tiny10 seed=7" in r.stderr
+    # another architecture whose layers cannot be joined: an untrained ViT donor is enough to check
+    from stitch import models, store
+
+    key = store.DonorKey.make("synthetic", "vit_tiny", 1, {"img_size": 32, "patch_size": 4})
+    store.save(key, models.build("vit_tiny", 10, img_size=32, patch_size=4),
+               {"num_classes": 10, "in_channels": 3, "normalize": False, "metrics": {"test_acc": 0.1}}, donor_store)
+    r = _stitch(tmp_path, donor_store, "layer=layer2", "method=dm", "model@model2=vit_tiny_32", "target_layer=blocks.1")
+    assert r.returncode == 2 and "incompatible layers" in r.stderr
+    assert not (tmp_path / "res" / "records").exists()  # rejected before any run

@@ -1,0 +1,167 @@
+"""Stitched networks, direct matching and TLM on real (tiny) donors."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from stitch import data, models, store
+from stitch.errors import ConfigError
+from stitch.evaluation import evaluate
+from stitch.experiment import PairContext, fit_direct, fit_task_loss
+from stitch.features import ActivationCache, FeatureSource
+from stitch.stitching import ConvStitch, StitchedNetwork, TokenStitch, build_stitching_layer, to_rows
+
+from .conftest import SYNTH
+
+TLM = {"kind": "tlm", "loss": "hard", "init": "random", "lr": 1e-2, "weight_decay": 1e-5, "batch_size": 64,
+       "epochs": 3, "schedule": "constant"}
+
+
+def _donors(root):
+    out = []
+    for seed in (0, 1):
+        net, _ = store.load(store.DonorKey.make("synthetic", "tiny10", seed, {"padding": "kornblith"}), root)
+        out.append(net)
+    return out
+
+
+def _ctx(m1, m2, L, M, cache=True, limits=None):
+    dm = data.build("synthetic", **{k: v for k, v in SYNTH.items() if k != "name"})
+    dm.setup()
+    src = FeatureSource(m1, m2, L, M, dm, torch.device("cpu"), "32",
+                        ActivationCache(2**30) if cache else None, batch_size=64, limits=limits)
+    return PairContext(m1, m2, L, M, src, dm.input_shape), dm
+
+
+def test_self_stitching_with_dm_is_exact(donor_store):
+    m1, _ = _donors(donor_store)
+    for layer in ("layer2", "layer6"):
+        ctx, dm = _ctx(m1, m1, layer, layer)
+        net, info = fit_direct(ctx, {"kind": "dm", "solver": "ls"})
+        assert info["rows"] == 384 * int(np.prod(m1.layer_shapes((3, 32, 32))[layer][1:]))  # every N*H*W row
+        metrics = evaluate(net, ctx.source, multilabel=False)
+        assert metrics["relative_acc"] == pytest.approx(1.0, abs=1e-12)
+        assert metrics["agreement"] == pytest.approx(1.0, abs=1e-12)
+        assert metrics["dm_structural"] < 1e-8
+
+
+def test_least_squares_stitcher_matches_float64_reference(donor_store):
+    m1, m2 = _donors(donor_store)
+    ctx, dm = _ctx(m1, m2, "layer3", "layer5", cache=False)
+    net, _ = fit_direct(ctx, {"kind": "dm", "solver": "ls"})
+    A = torch.cat([to_rows(b.a) for b in ctx.source.batches("train")]).double().numpy()
+    B = torch.cat([to_rows(b.b) for b in ctx.source.batches("train")]).double().numpy()
+    ref, *_ = np.linalg.lstsq(np.c_[A, np.ones(len(A))], B, rcond=None)
+    got = np.r_[net.stitch.matrix.detach().double().numpy(), net.stitch.bias.detach().double().numpy()[None]]
+    # the layer stores float32: compare the float64 solution the layer was set from
+    from stitch.matching import solve
+
+    W, b = solve(ctx.statistics(net, None), kind="ls")
+    exact = np.r_[W.numpy(), b.numpy()[None]]
+    assert np.linalg.norm(exact - ref) / np.linalg.norm(ref) < 1e-6
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-5
+
+
+def test_dm_sample_size_option_limits_rows(donor_store):
+    m1, m2 = _donors(donor_store)
+    ctx, _ = _ctx(m1, m2, "layer3", "layer3")
+    _, info = fit_direct(ctx, {"kind": "dm", "solver": "ls", "samples": 100})
+    assert info["rows"] == 100 * 16 * 16
+
+
+def test_tlm_trains_only_the_stitching_layer_and_keeps_donors_frozen(donor_store):
+    m1, m2 = _donors(donor_store)
+    before1, before2 = copy.deepcopy(m1.state_dict()), copy.deepcopy(m2.state_dict())
+    ctx, _ = _ctx(m1, m2, "layer4", "layer4")
+    net, info = fit_task_loss(ctx, dict(TLM, augment=True, epochs=10), seed=0, multilabel=False)
+    assert info["steps"] == 10 * 6
+    trainable = [n for n, p in net.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("stitch.") for n in trainable)
+    net.train()
+    assert not net.front.training and not net.back.training  # BatchNorm statistics can never move
+    for ref, model in ((before1, m1), (before2, m2)):
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, ref[k]), k  # including BatchNorm running statistics
+    assert evaluate(net, ctx.source, multilabel=False)["relative_acc"] > 0.8
+
+
+def test_tlm_from_dm_init_starts_at_the_dm_solution(donor_store):
+    m1, m2 = _donors(donor_store)
+    ctx, _ = _ctx(m1, m2, "layer3", "layer3")
+    dm_net, _ = fit_direct(ctx, {"kind": "dm", "solver": "ls"})
+    tlm_net, info = fit_task_loss(ctx, dict(TLM, init="dm", epochs=0), seed=0, multilabel=False)
+    assert info["steps"] == 0
+    assert torch.allclose(tlm_net.stitch.matrix, dm_net.stitch.matrix)
+
+
+def test_cached_and_recomputed_paths_give_the_same_batches(donor_store):
+    m1, m2 = _donors(donor_store)
+    cached, _ = _ctx(m1, m2, "layer2", "layer7", cache=True)
+    live, _ = _ctx(m1, m2, "layer2", "layer7", cache=False)
+    for a, b in zip(cached.source.batches("test"), live.source.batches("test")):
+        assert torch.equal(a.a, b.a) and torch.equal(a.b, b.b) and torch.equal(a.z2, b.z2)
+
+
+def test_cpu_autocast_bf16_is_close_to_fp32(donor_store):
+    m1, m2 = _donors(donor_store)
+    ctx32, _ = _ctx(m1, m2, "layer3", "layer3", cache=False)
+    net, _ = fit_direct(ctx32, {"kind": "dm", "solver": "ls"})
+    ref = evaluate(net, ctx32.source, multilabel=False)
+    ctx16, _ = _ctx(m1, m2, "layer3", "layer3", cache=False)
+    ctx16.source.precision = "bf16"
+    got = evaluate(net, ctx16.source, multilabel=False)
+    assert abs(got["stitched_acc"] - ref["stitched_acc"]) < 0.03
+    assert abs(got["dm_structural"] - ref["dm_structural"]) < 0.05 * ref["dm_structural"] + 1e-3
+
+
+def test_stitching_layer_kinds():
+    conv = build_stitching_layer((16, 32, 32), (32, 16, 16))
+    assert isinstance(conv, ConvStitch)
+    assert conv(torch.randn(2, 16, 32, 32)).shape == (2, 32, 16, 16)  # bilinear resize, then 1x1 conv
+    tok = build_stitching_layer((65, 192), (65, 96))
+    assert isinstance(tok, TokenStitch) and tok(torch.randn(2, 65, 192)).shape == (2, 65, 96)
+    low = build_stitching_layer((16, 8, 8), (16, 8, 8), rank=4)
+    W = torch.randn(16, 16)
+    low.set_affine(W, torch.zeros(16))
+    assert torch.linalg.matrix_rank(low.matrix.detach()) == 4
+    with pytest.raises(ConfigError, match="incompatible layers"):
+        build_stitching_layer((16, 8, 8), (65, 192))
+    with pytest.raises(ConfigError, match="different lengths"):
+        build_stitching_layer((65, 192), (17, 192))
+    with pytest.raises(ConfigError, match="rank must be in 1..16"):
+        build_stitching_layer((16, 8, 8), (32, 8, 8), rank=20)
+
+
+def test_conv_stitch_equals_rows_times_matrix():
+    torch.manual_seed(0)
+    layer = build_stitching_layer((5, 4, 4), (3, 4, 4))
+    W, b = torch.randn(5, 3), torch.randn(3)
+    layer.set_affine(W, b)
+    a = torch.randn(2, 5, 4, 4)
+    out = layer(a)
+    assert torch.allclose(to_rows(out), to_rows(a) @ W + b, atol=1e-5)
+
+
+def test_identity_init_reproduces_model_two():
+    torch.manual_seed(0)
+    m = models.build("resnet20", 10).eval()
+    net = StitchedNetwork(m, m, "layer2.1", "layer2.1")
+    net.stitch.set_identity()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), m(x), atol=1e-5)
+
+
+def test_nan_loss_raises_training_diverged(donor_store):
+    from stitch.matching.task_loss import TrainingDiverged, train_task_loss
+
+    m1, m2 = _donors(donor_store)
+    ctx, _ = _ctx(m1, m2, "layer3", "layer3")
+    net = ctx.new_network()
+    with torch.no_grad():
+        net.stitch.bias.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="try a lower method.lr"):
+        train_task_loss(net, ctx.source, dict(TLM, epochs=1), multilabel=False)
