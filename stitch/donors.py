@@ -76,7 +76,7 @@ def train_donor(data_cfg: dict, model_cfg: dict, optim_cfg: dict, trainer_cfg: d
                    "train_seconds": seconds, "epochs": epochs}
         meta = {"num_classes": dm.num_classes, "in_channels": dm.input_shape[0], "input_shape": list(dm.input_shape),
                 "multilabel": dm.multilabel, "normalize": dm.normalize, "metrics": metrics, "config": config,
-                "hardware": _hardware(device)}
+                "hardware": hardware_name(device)}
         path = store.save(key, net, meta, store_root)
         log.info("donor %s: test acc %.4f after %d epochs (%.1f s) -> %s", key, metrics["test_acc"], epochs,
                  seconds, path)
@@ -85,7 +85,7 @@ def train_donor(data_cfg: dict, model_cfg: dict, optim_cfg: dict, trainer_cfg: d
     return meta
 
 
-def _hardware(device: torch.device) -> str:
+def hardware_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import os

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from . import store
-from .donors import datamodule_from_cfg, donor_key, train_donor
+from .donors import datamodule_from_cfg, donor_key, hardware_name, train_donor
 from .errors import CheckpointError, ConfigError
 from .evaluation import evaluate
 from .features import ActivationCache, FeatureSource, resolve_cache_dtype, resolve_precision
@@ -258,7 +258,7 @@ def run_study(cfg: dict) -> list[dict]:
                    "model1": {**cfg["model1"], **donors["model1"]}, "model2": {**cfg["model2"], **donors["model2"]},
                    "self_stitch": key1 == key2, "config": semantic, "code_version": code_version(),
                    "device": str(device), "precision": precision,
-                   "hardware": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                   "hardware": hardware_name(device),
                    "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
             t = time.time()
             try:

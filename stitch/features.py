@@ -62,7 +62,8 @@ class ActivationCache:
         self._items: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._items.values())
+        unique = {t.data_ptr(): t for t in self._items.values()}  # B may be A (self-stitching diagonal)
+        return sum(t.numel() * t.element_size() for t in unique.values())
 
     def get(self, key):
         if key in self._items:
@@ -135,6 +136,7 @@ class FeatureSource:
         ka = ("A", id(self.m1), self.layer, split, lim)
         kb = ("B", id(self.m2), self.target_layer, split, lim)
         a, b = self.cache.get(ka), self.cache.get(kb)
+        same = self.m1 is self.m2 and self.layer == self.target_layer  # self-stitching diagonal: B is A
         if a is None or b is None:
             parts_a, parts_b, parts_y, parts_z = [], [], [], []
             for x, y in self.dm.batches(split, self.batch_size, device=self.device, limit=lim):
@@ -142,14 +144,15 @@ class FeatureSource:
                     parts_a.append(self.front(x).to(self.cache_dtype))
                 if b is None:
                     bb, zz = self.target(x)
-                    parts_b.append(bb.to(self.cache_dtype))
+                    if not same:
+                        parts_b.append(bb.to(self.cache_dtype))
                     parts_z.append(zz)
                 parts_y.append(y)
             if a is None:
                 a = torch.cat(parts_a)
                 self.cache.put(ka, a)
             if b is None:
-                b = torch.cat(parts_b)
+                b = a if same else torch.cat(parts_b)
                 self.cache.put(kb, b)
                 self.cache.put(("Z", id(self.m2), self.target_layer, split, lim), torch.cat(parts_z))
                 self.cache.put(("Y", id(self.m2), split, lim), torch.cat(parts_y))
