@@ -12,7 +12,6 @@ help:  ## list the targets
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	# torch/torchvision first, in one resolve, so pip picks a matching pair
 	$(PY) -m pip install --quiet "torch>=2.2,<=2.14.1" "torchvision>=0.17,<=0.29.1"
 	$(PY) -m pip install --quiet -e ".[test]"
