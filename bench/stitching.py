@@ -102,7 +102,7 @@ def main(overrides: list[str]) -> None:
     (Wb, bb), base_dm = timed(lambda: baseline_dm(cb, device), device)
     cd = ctx(False)
     (net, info), our_dm = timed(lambda: fit_direct(cd, {"solver": "ls"}), device)
-    rel = float((net.stitch.matrix.double() - Wb).norm() / Wb.norm())
+    rel = float((net.stitch.matrix.detach().double() - Wb).norm() / Wb.norm())
     acc_dm = evaluate(net, cd.source, dm.multilabel)["relative_acc"]
     rows.append(("DM baseline (materialised rows, float64 pinv)", base_dm, None))
     rows.append(("DM ours (streaming float64 statistics)", our_dm, acc_dm))
