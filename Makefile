@@ -30,3 +30,72 @@ test-fast: $(STAMP)  ## the test suite without the slow end-to-end runs
 
 clean:  ## remove results, logs and trained models (keeps .venv)
 	rm -rf results outputs multirun figures models lightning_logs wandb
+
+# ---------------------------------------------------------------------------------------------
+# Paper figures (docs/sweeps.md). Each target runs its study, conf/experiment/<study>_$(SCALE).yaml,
+# as one Hydra multirun (finished runs are skipped, so an interrupted target resumes), then draws
+# it with sweep.py into $(FIGURES)/<target>/$(SCALE)/ (PNG, PDF, CSV and Parquet tables).
+#   make fig-p1-2                    # smoke scale: digits, Tiny-10 / ResNet-20, minutes on a CPU
+#   make fig-p1-2 SCALE=paper        # the published setting (CIFAR-10 etc.), for GPUs
+#   make fig-p2-2 SCALE=paper LAUNCHER=joblib ARGS="hydra.launcher.n_jobs=4"   # 4 GPUs, one job each
+# ARGS: extra stitch.py overrides; SWEEP_ARGS: extra sweep.py overrides; LAUNCHER: a conf/hydra/launcher
+# config (joblib | submitit_local | submitit_slurm). Smoke donors live in $(STORE)/smoke.
+RESULTS ?= results
+FIGURES ?= figures
+STORE ?= models
+LAUNCHER ?=
+ARGS ?=
+SWEEP_ARGS ?=
+FIG_STORE = $(if $(filter smoke,$(SCALE)),$(STORE)/smoke,$(STORE))
+# smoke LMC ends are short TLM runs: keep pairs below paper 1's 80 % relative-accuracy cut
+LMC_ARGS = $(if $(filter smoke,$(SCALE)),lmc.min_relative_acc=0.3,)
+
+# $(call figure,<study>,<sweep figure>,<target>[,<sweep.py defaults>])
+define figure
+	$(PY) stitch.py -m +experiment=$(1)_$(SCALE) results_dir=$(RESULTS)/$(1)_$(SCALE) store=$(FIG_STORE) \
+		$(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS)
+	$(PY) sweep.py inputs=[$(RESULTS)/$(1)_$(SCALE)] figures=[$(2)] out=$(FIGURES)/$(3)/$(SCALE) \
+		store=$(FIG_STORE) $(4) $(SWEEP_ARGS)
+endef
+
+FIG_TARGETS := fig-p1-2 fig-p1-3 fig-p1-4 fig-p1-5 fig-p1-6 fig-p1-7 fig-p1-8 fig-p1-lmc \
+	fig-p2-1 fig-p2-2 fig-p2-3 fig-p2-4
+.PHONY: figures $(FIG_TARGETS)
+
+figures: $(FIG_TARGETS)  ## every paper figure below at SCALE=smoke|paper
+
+fig-p1-2: $(STAMP)  ## paper 1 Fig. 2: relative accuracy + cross-entropy per layer, TLM vs least squares
+	$(call figure,p1_fig2,p1_fig2,fig-p1-2)
+
+fig-p1-3: $(STAMP)  ## paper 1 Fig. 3: relative accuracy vs ResNet-20 width, per layer
+	$(call figure,p1_fig3,p1_fig3,fig-p1-3)
+
+fig-p1-4: $(STAMP)  ## paper 1 Fig. 4: CKA, R^2, cross-entropy over TLM steps (init least squares)
+	$(call figure,p1_fig4,p1_fig4,fig-p1-4)
+
+fig-p1-5: $(STAMP)  ## paper 1 Fig. 5: TLM with a CKA penalty (self-stitch, identity init)
+	$(call figure,p1_fig5,p1_fig5,fig-p1-5)
+
+fig-p1-6: $(STAMP)  ## paper 1 Fig. 6: histogram of relative accuracy by TLM initialisation
+	$(call figure,p1_fig6,p1_fig6,fig-p1-6)
+
+fig-p1-7: $(STAMP)  ## paper 1 Fig. 7: low rank, TLM bottleneck vs reduced-rank least squares
+	$(call figure,p1_fig7,p1_fig7,fig-p1-7)
+
+fig-p1-8: $(STAMP)  ## paper 1 Fig. 8: sparsity vs relative accuracy, L1 TLM vs lasso DM
+	$(call figure,p1_fig8,p1_fig8,fig-p1-8)
+
+fig-p1-lmc: $(STAMP)  ## paper 1 Sec. 8: linear mode connectivity of stitching layers
+	$(call figure,p1_lmc,p1_lmc,fig-p1-lmc,$(LMC_ARGS))
+
+fig-p2-1: $(STAMP)  ## paper 2 Fig. 1: intra-network TLM relative accuracy + OOD AUROC matrices
+	$(call figure,p2_fig1,p2_fig1,fig-p2-1)
+
+fig-p2-2: $(STAMP)  ## paper 2 Fig. 2: intra/inter-network matrices, TLM vs DM, + OOD AUROC
+	$(call figure,p2_fig2,p2_fig2,fig-p2-2)
+
+fig-p2-3: $(STAMP)  ## paper 2 Fig. 3: same-size ResNet-18 self-stitching, TLM vs DM
+	$(call figure,p2_fig3,p2_fig3,fig-p2-3)
+
+fig-p2-4: $(STAMP)  ## paper 2 Fig. 4: ViT-Ti self-stitching, TLM vs DM
+	$(call figure,p2_fig4,p2_fig4,fig-p2-4)

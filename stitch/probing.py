@@ -89,6 +89,15 @@ def _forward_between(model, h: torch.Tensor, start: str | None, end: str) -> tor
 
 
 # ------------------------------------------------------------------------ probes
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _np2d(x) -> np.ndarray:
+    a = _np(x).astype(np.float64, copy=False)
+    return a.reshape(len(a), -1)
+
+
 def linear_probe_accuracy(train_x, train_y, test_x, test_y, *, C: float = 1.0, max_iter: int = 500,
                           seed: int = 0) -> float:
     """Test accuracy of a logistic-regression probe trained on (standardised) features."""
@@ -345,3 +354,23 @@ def _default_higher(name: str) -> bool:
         return similarity.get(name).kind != "distance"
     except ValueError:
         return True
+
+
+def specificity_for_matrices(mats: Mapping[str, pd.DataFrame], probe_acc: Mapping[str, float],
+                             probe_acc_target: Mapping[str, float] | None = None, **kwargs) -> pd.DataFrame:
+    """:func:`specificity_test` for every matrix of :func:`stitch.matrices.similarity_matrices` that has a
+    direction (relative accuracy, DM structural score, CKA, PWCCA, OPD; not OOD AUROC).
+
+    Returns one row per matrix: ``matrix, n, spearman, spearman_p, kendall, kendall_p``
+    (positive = the index ranks layer pairs like the probes do).
+    """
+    from .matrices import better
+
+    rows = []
+    for name, m in mats.items():
+        direction = better(name)
+        if direction is None:
+            continue
+        r = specificity_test(m, probe_acc, probe_acc_target, higher_is_similar=direction, **kwargs)
+        rows.append({"matrix": name, **{k: r[k] for k in ("n", "spearman", "spearman_p", "kendall", "kendall_p")}})
+    return pd.DataFrame(rows)

@@ -75,14 +75,14 @@ class DetectorConfig:
     token_heads: int | None = None         # None: D // 64 when that divides D (ViT-Ti: 3), else 1
     token_mlp_ratio: float = 4.0
     batch_size: int = 128
-    epochs: int = 8                        # classification pre-training
-    lr: float = 1e-3
+    epochs: int = 10                       # classification pre-training
+    lr: float = 2e-3
     weight_decay: float = 5e-4
     augment: bool = True
     train_limit: int | None = None         # cap on training images (None: the whole split)
     seed: int = 0
-    energy_epochs: int = 4                 # Liu et al. energy fine-tuning
-    energy_lr: float = 1e-3
+    energy_epochs: int = 6                 # Liu et al. energy fine-tuning
+    energy_lr: float = 2e-3
     energy_weight: float = DEFAULT_WEIGHT
     m_in: float = DEFAULT_M_IN
     m_out: float = DEFAULT_M_OUT
@@ -566,10 +566,11 @@ def get_detector(model2: models.StitchableNetwork, key2: store.DonorKey, layer: 
     path = detector_path(key2, layer, digest, store_root)
     meta_path = path.with_suffix(".json")
     memo_key = f"{path.resolve()}@{device}"
-    if not retrain and memo_key in _MEMO:
-        return _MEMO[memo_key]
     det = None
-    if not retrain and meta_path.is_file() and path.is_file():
+    if not retrain and memo_key in _MEMO:
+        det, meta = _MEMO[memo_key]
+        meta = {**meta, "trained_now": False}
+    elif not retrain and meta_path.is_file() and path.is_file():
         meta = read_json(meta_path)
         det = _load(path, meta, device)
         if det is not None:
@@ -590,11 +591,12 @@ def get_detector(model2: models.StitchableNetwork, key2: store.DonorKey, layer: 
         log.info("OOD detector %s %s: acc %.4f, held-out outlier AUROC %s, %.1f s", key2, layer,
                  info["eval"]["acc"], f"{info['eval'].get('outlier_auroc', float('nan')):.4f}", info["train_s"])
     meta["path"] = str(path)
+    # the sanity check is not part of the detector's identity: a new sanity setting adds a result
     sanity = ensure_sanity(det, meta, model2, layer, dm, sanity_spec, device)
     if meta.get("trained_now") or sanity.get("computed_now"):
         write_json(meta_path, {k: v for k, v in meta.items() if k not in ("trained_now", "path")})
     _MEMO[memo_key] = (det, meta)
-    return det, meta
+    return det, dict(meta)
 
 
 def ensure_sanity(det: ActivationDetector, meta: dict, model2, layer: str, dm: ImageDataModule, spec: dict,

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 # replicate dimensions: aggregates are taken over these (dotted paths into the record's config)
 DEFAULT_SEED_KEYS = ("seed", "model1.seed", "model2.seed")
 # columns copied from the record's top level as they are
-_TOP = ("run", "study", "layer", "target_layer", "method", "kind", "seed", "data", "self_stitch", "status",
+_TOP = ("run", "study", "layer", "target_layer", "method", "kind", "variant", "seed", "data", "self_stitch", "status",
         "error", "code_version", "device", "precision", "hardware", "started", "stitch_file")
 # columns that describe a run but are not results: never averaged
 _NOT_METRICS = {"seed", "model1.seed", "model2.seed", "model1.test_acc", "model2.test_acc", "eval_samples",
@@ -117,19 +117,22 @@ def _drop_path(d: dict, dotted: str) -> None:
 
 def condition_of(rec: dict, seed_keys: Sequence[str] = DEFAULT_SEED_KEYS) -> str:
     """A short id of the run's configuration without its replicate keys: runs that differ only
-    in their seeds share it. Derived from the record's semantic ``config`` (what the run id hashes)."""
+    in their seeds share it. Derived from the record's semantic ``config`` (what the run id hashes)
+    plus the record's own layer/method fields, so a partial config can never merge two layers."""
     cfg = copy.deepcopy(rec.get("config") or {})
-    if not cfg:  # a record without its config (hand-written, old): fall back to its descriptive fields
-        cfg = {k: rec.get(k) for k in ("data", "layer", "target_layer", "method", "kind")}
-        cfg["model1"], cfg["model2"] = copy.deepcopy(rec.get("model1") or {}), copy.deepcopy(rec.get("model2") or {})
+    for m in ("model1", "model2"):
+        if not isinstance(cfg.get(m), dict):
+            cfg[m] = copy.deepcopy(rec.get(m) or {})
+        for k in ("key", "sha256", "test_acc"):  # donor identity: varies with the donor seed
+            cfg[m].pop(k, None)
+    if "seed" not in cfg:
         cfg["seed"] = rec.get("seed")
-        for m in ("model1", "model2"):  # donor identity fields that vary with the seed
-            for k in ("key", "sha256", "test_acc"):
-                cfg[m].pop(k, None)
     for k in seed_keys:
         _drop_path(cfg, k)
-    # intra- vs inter-network: the same config once the donor seeds are gone, yet another experiment
-    cfg["self_stitch"] = bool(rec.get("self_stitch"))
+    # the record's own description; self_stitch keeps intra- and inter-network apart once the
+    # donor seeds are gone
+    cfg["__run__"] = {k: rec.get(k) for k in ("data", "layer", "target_layer", "method", "kind", "variant")}
+    cfg["__run__"]["self_stitch"] = bool(rec.get("self_stitch"))
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 

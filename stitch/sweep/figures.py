@@ -40,10 +40,11 @@ STYLE = {
     "axes.grid": True, "grid.alpha": 0.3, "savefig.dpi": 200, "pdf.fonttype": 42,  # editable text in PDFs
 }
 TLM_COLOR, DM_COLOR = "#1f6fb4", "#e8710a"
+# (method, recipe) -> label; the recipe is the record's ``variant`` (conf/tlm/*.yaml, conf/dm/*.yaml)
 _METHOD_LABELS = {
-    "tlm": "TLM", "tlm_paper1": "TLM (paper 1 recipe)", "dm": "DM (least squares)",
-    "dm_paper2": "DM (least squares, 100 images)", "dm_rank": "DM (reduced rank)", "dm_lasso": "DM (lasso)",
-    "dm_procrustes": "DM (Procrustes)",
+    ("tlm", None): "TLM", ("tlm", "paper1"): "TLM (paper 1 recipe)", ("tlm", "paper2"): "TLM (paper 2 recipe)",
+    ("dm", None): "DM", ("dm", "least_squares"): "DM (least squares)", ("dm", "paper2"): "DM (least squares, 100 images)",
+    ("dm", "reduced_rank"): "DM (reduced rank)", ("dm", "lasso"): "DM (lasso)", ("dm", "procrustes"): "DM (Procrustes)",
 }
 _ARCH_LABELS = {"tiny10": "Tiny-10", "resnet20": "ResNet-20", "resnet18": "ResNet-18", "vit_tiny": "ViT-Ti",
                 "inception_v1": "Inception V1"}
@@ -99,8 +100,18 @@ def col(df: pd.DataFrame, name: str, default=None) -> pd.Series:
     return df[name] if name in df else pd.Series(default, index=df.index, dtype=object)
 
 
-def method_label(method: str) -> str:
-    return _METHOD_LABELS.get(method, method.replace("_", " ").upper() if len(method) <= 4 else method)
+def method_label(method: str, variant: str | None = None) -> str:
+    variant = None if variant is None or (isinstance(variant, float) and math.isnan(variant)) else str(variant)
+    if (method, variant) in _METHOD_LABELS:
+        return _METHOD_LABELS[(method, variant)]
+    base = _METHOD_LABELS.get((method, None), str(method))
+    return f"{base} ({variant})" if variant else base
+
+
+def _labels(df: pd.DataFrame) -> pd.Series:
+    """Per-row method label from ``method`` and the recipe name (``variant``)."""
+    v = col(df, "variant")
+    return pd.Series([method_label(m, r) for m, r in zip(df["method"], v)], index=df.index, dtype=object)
 
 
 def method_color(method: str, kind: str | None = None) -> str:
@@ -108,13 +119,21 @@ def method_color(method: str, kind: str | None = None) -> str:
     return TLM_COLOR if kind == "tlm" else DM_COLOR if kind == "dm" else "#2a9d55"
 
 
+_OPTION_LABELS = {"width": "width {}x", "img_size": "{} px", "patch_size": "patch {}", "variant": "{}",
+                  "padding": "padding {}"}
+
+
 def arch_label(tag: str | None) -> str:
-    """'resnet20-width=2' -> 'ResNet-20 (width=2)'."""
+    """'resnet20-width=2' -> 'ResNet-20 (width 2x)'; 'resnet18-variant=same_size' -> 'ResNet-18 (same size)'."""
     if not isinstance(tag, str):
         return "?"
     name, *opts = tag.split("-")
     base = _ARCH_LABELS.get(name, name)
-    return f"{base} ({', '.join(opts)})" if opts else base
+    shown = []
+    for o in opts:
+        k, _, v = o.partition("=")
+        shown.append(_OPTION_LABELS.get(k, k + "={}").format(v.replace("_", " ")))
+    return f"{base} ({', '.join(shown)})" if shown else base
 
 
 def _method_rank(m) -> tuple:
@@ -171,7 +190,8 @@ def describe(ctx: FigureContext, df: pd.DataFrame | None = None) -> str:
     parts = [", ".join(_DATA_LABELS.get(d, d) for d in _values(col(df, "data")))]
     archs = sorted({(arch_label(a), arch_label(b)) for a, b in zip(col(df, "model1.tag"), col(df, "model2.tag"))})
     parts.append("; ".join(a if a == b else f"{a} -> {b}" for a, b in archs))
-    parts.append(", ".join(method_label(m) for m in _order_methods(col(df, "method").dropna())))
+    labels = sorted(set(zip(df["method"], _labels(df))), key=lambda t: (_method_rank(t[0]), t[1]))
+    parts.append(", ".join(lab for _, lab in labels))
     tlm = df[col(df, "kind") == "tlm"]
     if len(tlm) and "method_config.epochs" in tlm:
         eps = _values(tlm["method_config.epochs"].astype("Int64"))
@@ -225,34 +245,29 @@ def band(ax, x, mean, std, color, label=None, ls="-", marker="o", alpha=0.2):
         ax.fill_between(x, mean - s, mean + s, color=color, alpha=alpha, lw=0)
 
 
-def add_variants(df: pd.DataFrame, exclude: tuple[str, ...] = ()) -> pd.DataFrame:
-    """A ``variant`` label per row: the method, plus the config values that differ between rows of
-    the same method (e.g. 'TLM (epochs=5)' next to 'TLM (epochs=30)'), so that different
-    configurations are never averaged into one curve. ``exclude``: columns that are the figure's
-    own axes (width, rank, ...)."""
+def add_curves(df: pd.DataFrame, exclude: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A ``curve`` label per row: the method and recipe, plus the config values that differ between
+    rows of the same method (e.g. 'TLM (epochs=5)' next to 'TLM (epochs=30)'), so different
+    configurations are never averaged into one curve. ``exclude``: the figure's own axes."""
     df = df.copy()
-    df["variant"] = None
-    cfg_cols = [c for c in df.columns if c.startswith(("method_config.", "config.")) and c not in exclude
-                and not c.endswith((".values",))]
-    for m, g in df.groupby("method"):
+    df["curve"] = _labels(df)
+    cfg_cols = [c for c in df.columns if c.startswith(("method_config.", "config.")) and c not in exclude]
+    for _, g in df.groupby("curve"):
         varying = [c for c in cfg_cols if g[c].astype(str).nunique() > 1]
-        if not varying:
-            df.loc[g.index, "variant"] = method_label(m)
-            continue
-        for i in g.index:
-            extra = ", ".join(f"{c.split('.')[-1]}={df.at[i, c]}" for c in varying)
-            df.at[i, "variant"] = f"{method_label(m)} ({extra})"
+        if varying:
+            for i in g.index:
+                extra = ", ".join(f"{c.split('.')[-1]}={df.at[i, c]}" for c in varying)
+                df.at[i, "curve"] = f"{df.at[i, 'curve']} ({extra})"
     return df
 
 
-def variant_colors(df: pd.DataFrame) -> dict[str, str]:
-    """Kind colours (TLM blue, DM orange) when a kind has one variant, else a qualitative palette."""
+def curve_colors(df: pd.DataFrame) -> dict[str, str]:
+    """Kind colours (TLM blue, DM orange) when a kind has one curve, else a qualitative palette."""
     out, palette = {}, plt.get_cmap("tab10")
-    variants = df.drop_duplicates("variant")[["variant", "method"]]
-    per_kind = variants["method"].map(lambda m: str(m)[:2]).value_counts()
-    for i, (v, m) in enumerate(sorted(zip(variants["variant"], variants["method"]),
-                                      key=lambda t: (_method_rank(t[1]), t[0]))):
-        out[v] = method_color(m) if per_kind.get(str(m)[:2], 0) == 1 else matplotlib.colors.to_hex(palette(i % 10))
+    curves = df.drop_duplicates("curve")[["curve", "method"]]
+    per_kind = curves["method"].value_counts()
+    for i, (v, m) in enumerate(sorted(zip(curves["curve"], curves["method"]), key=lambda t: (_method_rank(t[1]), t[0]))):
+        out[v] = method_color(m) if per_kind.get(m, 0) == 1 else matplotlib.colors.to_hex(palette(i % 10))
     return out
 
 
@@ -301,9 +316,9 @@ def p1_fig2(ctx: FigureContext) -> list[Path]:
         ax2 = ax.twinx()
         ax2.grid(False)
         ax2.spines["right"].set_visible(True)
-        g = add_variants(g)
-        colors = variant_colors(g)
-        for v, gm in sorted(g.groupby("variant"), key=lambda t: (_method_rank(t[1]["method"].iloc[0]), t[0])):
+        g = add_curves(g)
+        colors = curve_colors(g)
+        for v, gm in sorted(g.groupby("curve"), key=lambda t: (_method_rank(t[1]["method"].iloc[0]), t[0])):
             gm = gm.set_index("layer").reindex(layers)
             c = colors[v]
             band(ax, x, gm["relative_acc.mean"], gm["relative_acc.std"], c, f"{v}: relative accuracy")
@@ -338,11 +353,11 @@ def p1_fig3(ctx: FigureContext) -> list[Path]:
     rows, cols = _grid(len(layers), 4)
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.6 * rows + 0.6), squeeze=False,
                              sharey=True, layout="constrained")
-    agg = add_variants(agg)
-    colors = variant_colors(agg)
+    agg = add_curves(agg, exclude=("config.model1.options.width",))
+    colors = curve_colors(agg)
     for ax, L in zip(axes.flat, layers):
         g = agg[agg["layer"] == L]
-        for v, gm in g.groupby("variant"):
+        for v, gm in g.groupby("curve"):
             gm = gm.sort_values("width")
             band(ax, gm["width"], gm["relative_acc.mean"], gm["relative_acc.std"], colors[v], v)
         ax.set_title(L)
@@ -409,7 +424,7 @@ def p1_fig4(ctx: FigureContext) -> list[Path]:
     cap = f"{cap} (init: {', '.join(init)}; bold: mean ± 1 std, dotted/dashed: two single runs)"
     return _history_panels(ctx, h, [("cka", "linear CKA (stitched vs model 2)"), ("r2", "R² (stitched vs model 2)"),
                                     ("cross_entropy", "cross-entropy to model 2 (nats)")],
-                           "layer", lambda L: f"layer {L}", cap)
+                           "layer", lambda L: f"{L} (mean ± 1 std)", cap)
 
 
 @register("p1_fig5", "fig-p1-5", "Paper 1 Fig. 5: TLM with a CKA penalty keeps accuracy while CKA drops",
@@ -451,7 +466,7 @@ def p1_fig6(ctx: FigureContext) -> list[Path]:
             v = g.loc[g["method_config.init"] == i, "relative_acc"].dropna()
             ax.hist(v, bins=bins, histtype="stepfilled", alpha=0.45, color=colors[i], edgecolor=colors[i], lw=1.2,
                     label=f"init: {names[i]} (n={len(v)})")
-        ax.set_title(f"layer {L}")
+        ax.set_title(L)
         ax.set_xlabel("relative accuracy")
         ax.set_ylabel("number of runs")
         ax.yaxis.get_major_locator().set_params(integer=True)
@@ -499,7 +514,7 @@ def p1_fig7(ctx: FigureContext) -> list[Path]:
         ax.set_xscale("log", base=2)
         ax.set_xticks(ranks, [f"{r:g}" for r in ranks])
         ax.minorticks_off()
-        ax.set_title(f"layer {L}")
+        ax.set_title(L)
         ax.set_xlabel("rank k of the stitching matrix")
     for ax in axes[:, 0]:
         ax.set_ylabel("relative accuracy")
@@ -585,7 +600,7 @@ def p1_fig8(ctx: FigureContext) -> list[Path]:
         ax.set_xlabel("sparsity of the stitching matrix (% zeros, |w| < 1e-4)")
         ax.set_ylabel("relative accuracy")
         ax.set_xlim(-3, 103)
-        ax.set_title(f"layer {L}")
+        ax.set_title(L)
         ax.legend(loc="lower left")
         if has_mats:
             for r, kind in enumerate(("tlm", "dm")):
@@ -642,7 +657,7 @@ def p1_lmc(ctx: FigureContext) -> list[Path]:
                 n = gl["pair"].nunique()
                 band(ax, s["lambda"], s["mean"], s["std"], colors.get(ptype, "#444444"), f"{label} ({n} pairs)",
                      marker=".")
-        ax.set_title(f"layer {L}")
+        ax.set_title(L)
         ax.set_xlabel("λ in W(λ) = (1-λ)·W₀ + λ·W₁")
         ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0", "", "0.5", "", "1"])
     for ax in axes[:, 0]:
@@ -665,11 +680,12 @@ def _is_matrix(r: pd.DataFrame) -> bool:
     return bool(len(ok)) and bool((ok["layer"] != ok["target_layer"]).any())
 
 
-def _pair_label(row) -> str:
+def _pair_label(row, with_arch: bool = True) -> str:
     a, b = arch_label(row["model1.tag"]), arch_label(row["model2.tag"])
+    prefix = f"{a}: " if with_arch else ""
     if row.get("self_stitch"):
-        return f"{a}: intra-network (self-stitching)"
-    return f"{a}: inter-network (two seeds)" if a == b else f"{a} -> {b}"
+        return f"{prefix}intra-network (self-stitching)"
+    return f"{prefix}inter-network (two seeds)" if a == b else f"{a} -> {b}"
 
 
 def heatmap(ax, mat: pd.DataFrame, kind: str, title: str, annotate: bool):
@@ -711,7 +727,9 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
         agg = agg[pair_filter(agg)]
     if not len(agg):
         return empty(ctx, cap, "no layer x layer runs to draw")
-    agg["pair"] = agg.apply(_pair_label, axis=1)
+    # the architecture is in the title already when there is one: keep panel titles short
+    one_arch = agg[["model1.tag", "model2.tag"]].drop_duplicates().shape[0] == 1
+    agg["pair"] = agg.apply(_pair_label, axis=1, with_arch=not one_arch)
     pairs = sorted(agg["pair"].unique(), key=lambda p: (0 if "intra" in p else 1, p))
     methods = methods or _order_methods(agg["method"])
     methods = [m for m in methods if m in set(agg["method"])]
@@ -738,7 +756,7 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
                 mat = gm.pivot_table(index="layer", columns="target_layer", values=f"{metric}.mean",
                                      aggfunc="mean", dropna=False).reindex(index=rows_order, columns=cols_order)
                 what = "relative accuracy" if kind == "acc" else "OOD AUROC"
-                heatmap(ax, mat, kind, f"{method_label(m)}: {what}\n{pair}", annotate)
+                heatmap(ax, mat, kind, f"{_labels(gm).iloc[0]}: {what}\n{pair}", annotate)
     note = "" if with_auroc else " (no OOD AUROC in these records: run with ood.enabled=true to add it)"
     suptitle(fig, ctx, cap + note, width=40 + 40 * ncols)
     return save(fig, ctx)

@@ -32,10 +32,10 @@ def _pairs(g: pd.DataFrame, kinds: list[str], max_pairs: int) -> list[tuple[str,
     """(type, label, run0, run1) of one layer pair's runs."""
     out = []
     if "seeds" in kinds:
-        for cond, gc in g.groupby("condition"):
+        # DM is deterministic: its "seeds" are copies of one solution, nothing to connect
+        for cond, gc in g[g["kind"] != "dm"].groupby("condition"):
             gc = gc.sort_values("seed")
-            m = gc["method"].iloc[0]
-            label = f"{_label(m)}: seed vs seed"
+            label = f"{_label(gc.iloc[0])}: seed vs seed"
             for a, b in list(itertools.combinations(gc.itertuples(), 2))[:max_pairs]:
                 if a.seed != b.seed:
                     out.append(("seeds", label, a.run, b.run))
@@ -44,14 +44,15 @@ def _pairs(g: pd.DataFrame, kinds: list[str], max_pairs: int) -> list[tuple[str,
         dm = g[g["kind"] == "dm"].sort_values("seed")
         # one DM end per TLM run: DM is deterministic, so its seeds are copies
         for (ta, da) in list(itertools.product(tlm.itertuples(), dm.itertuples()))[:max_pairs]:
-            out.append(("methods", f"{_label(ta.method)} vs {_label(da.method)}", ta.run, da.run))
+            out.append(("methods", f"{_label(tlm[tlm['run'] == ta.run].iloc[0])} vs "
+                                   f"{_label(dm[dm['run'] == da.run].iloc[0])}", ta.run, da.run))
     return out
 
 
-def _label(method: str) -> str:
+def _label(row) -> str:
     from .figures import method_label
 
-    return method_label(method)
+    return method_label(row["method"], row.get("variant"))
 
 
 def _affine(state: dict) -> tuple[torch.Tensor, torch.Tensor]:

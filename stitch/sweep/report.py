@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import ConfigError
-from .collect import aggregate, collect, export
+from .collect import DEFAULT_SEED_KEYS, aggregate, collect, export
 from .figures import FIGURES, FigureContext, draw
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def run_sweep(cfg: dict) -> int:
     if cfg.get("list"):
         print(figure_list())
         return 0
-    seed_keys = tuple(cfg.get("seed_keys") or ())
+    seed_keys = tuple(cfg["seed_keys"]) if cfg.get("seed_keys") is not None else DEFAULT_SEED_KEYS
     inputs = cfg.get("inputs") or ["results"]
     coll = collect([inputs] if isinstance(inputs, str) else inputs, seed_keys)
     runs = coll.runs
