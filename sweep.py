@@ -10,15 +10,11 @@ Writes <out>/runs.{csv,parquet} (one row per run, failed ones included),
 <out>/history.{csv,parquet} (tracked TLM steps), <out>/failed.csv and the figures
 (PNG + PDF). See docs/sweeps.md.
 """
-import logging
-
 import hydra
 from omegaconf import DictConfig
 
 from stitch.cli import to_dict, user_errors_as_messages
 from stitch.sweep.report import run_sweep
-
-log = logging.getLogger("sweep")
 
 
 @hydra.main(config_path="conf", config_name="sweep", version_base="1.3")

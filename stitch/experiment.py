@@ -97,6 +97,8 @@ def layer_pairs(cfg: dict, m1: StitchableNetwork, m2: StitchableNetwork) -> list
 # ----------------------------------------------------------------------- records
 def run_identity(cfg: dict, L: str, M: str, method: str) -> tuple[str, dict]:
     semantic = {k: v for k, v in cfg.items() if k not in _NON_SEMANTIC}
+    if not (cfg.get("ood") or {}).get("enabled"):
+        semantic.pop("ood", None)  # detector settings only matter when OOD scores are computed
     semantic.update(layer=L, target_layer=M, method=method, method_config=cfg["method"][method],
                     model1=cfg["model1"], model2=cfg["model2"])
     h = hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:10]

@@ -43,7 +43,8 @@ TLM_COLOR, DM_COLOR = "#1f6fb4", "#e8710a"
 # (method, recipe) -> label; the recipe is the record's ``variant`` (conf/tlm/*.yaml, conf/dm/*.yaml)
 _METHOD_LABELS = {
     ("tlm", None): "TLM", ("tlm", "paper1"): "TLM (paper 1 recipe)", ("tlm", "paper2"): "TLM (paper 2 recipe)",
-    ("dm", None): "DM", ("dm", "least_squares"): "DM (least squares)", ("dm", "paper2"): "DM (least squares, 100 images)",
+    ("dm", None): "DM", ("dm", "least_squares"): "DM (least squares)",
+    ("dm", "paper2"): "DM (least squares, 100 images)",
     ("dm", "reduced_rank"): "DM (reduced rank)", ("dm", "lasso"): "DM (lasso)", ("dm", "procrustes"): "DM (Procrustes)",
 }
 _ARCH_LABELS = {"tiny10": "Tiny-10", "resnet20": "ResNet-20", "resnet18": "ResNet-18", "vit_tiny": "ViT-Ti",
@@ -209,7 +210,7 @@ def describe(ctx: FigureContext, df: pd.DataFrame | None = None) -> str:
 
 
 def suptitle(fig, ctx: FigureContext, caption: str, df: pd.DataFrame | None = None, width: int = 110) -> None:
-    head = ctx.title or caption
+    head = textwrap.fill(ctx.title or caption, width)
     body = textwrap.fill(describe(ctx, df), width)
     fig.suptitle(f"{head}\n{body}", fontsize=STYLE["figure.titlesize"], linespacing=1.4)
 
@@ -266,7 +267,8 @@ def curve_colors(df: pd.DataFrame) -> dict[str, str]:
     out, palette = {}, plt.get_cmap("tab10")
     curves = df.drop_duplicates("curve")[["curve", "method"]]
     per_kind = curves["method"].value_counts()
-    for i, (v, m) in enumerate(sorted(zip(curves["curve"], curves["method"]), key=lambda t: (_method_rank(t[1]), t[0]))):
+    ordered = sorted(zip(curves["curve"], curves["method"]), key=lambda t: (_method_rank(t[1]), t[0]))
+    for i, (v, m) in enumerate(ordered):
         out[v] = method_color(m) if per_kind.get(m, 0) == 1 else matplotlib.colors.to_hex(palette(i % 10))
     return out
 
@@ -396,7 +398,8 @@ def _history_panels(ctx, h: pd.DataFrame, metrics: list[tuple[str, str]], group:
             if m not in hg or hg[m].dropna().empty:
                 continue
             stats = hg.groupby("step")[m].agg(["mean", "std", "count"]).reset_index()
-            band(ax, stats["step"], stats["mean"], stats["std"], color, group_label(gval), marker="")
+            band(ax, stats["step"], stats["mean"], stats["std"], color, f"{group_label(gval)}: mean ± 1 std",
+                 marker="")
             for ri, (run, hr) in enumerate(list(hg.groupby("run"))[:individual]):
                 ax.plot(hr["step"], hr[m], ls=(":", "--")[ri % 2], lw=0.9, color=color, alpha=0.9,
                         label=f"{group_label(gval)}: run {ri + 1}" if ax is axes[0][0] else None)
@@ -404,7 +407,7 @@ def _history_panels(ctx, h: pd.DataFrame, metrics: list[tuple[str, str]], group:
             ax.set_ylabel(ylabel)
     h0, l0 = axes[0][0].get_legend_handles_labels()
     fig.legend(h0, l0, loc="outside lower center", ncol=min(4, len(l0)), frameon=False)
-    suptitle(fig, ctx, cap, ctx.ok[ctx.ok["run"].isin(set(h["run"]))], width=100)
+    suptitle(fig, ctx, cap, ctx.ok[ctx.ok["run"].isin(set(h["run"]))], width=110)
     return save(fig, ctx)
 
 
@@ -422,9 +425,9 @@ def p1_fig4(ctx: FigureContext) -> list[Path]:
         return empty(ctx, cap, "no tracked TLM runs (method.tlm.track_every > 0) without a CKA penalty")
     init = _values(col(h, "method_config.init"))
     cap = f"{cap} (init: {', '.join(init)}; bold: mean ± 1 std, dotted/dashed: two single runs)"
-    return _history_panels(ctx, h, [("cka", "linear CKA (stitched vs model 2)"), ("r2", "R² (stitched vs model 2)"),
-                                    ("cross_entropy", "cross-entropy to model 2 (nats)")],
-                           "layer", lambda L: f"{L} (mean ± 1 std)", cap)
+    return _history_panels(ctx, h, [("cka", "linear CKA vs model 2"), ("r2", "R² vs model 2"),
+                                    ("cross_entropy", "CE to model 2 (nats)")],
+                           "layer", lambda L: str(L), cap)
 
 
 @register("p1_fig5", "fig-p1-5", "Paper 1 Fig. 5: TLM with a CKA penalty keeps accuracy while CKA drops",
@@ -436,9 +439,9 @@ def p1_fig5(ctx: FigureContext) -> list[Path]:
         return empty(ctx, cap, "no tracked TLM runs with method.tlm.cka_penalty > 0")
     init = _values(col(h, "method_config.init"))
     cap = f"{cap} (init: {', '.join(init)}; bands: ±1 std over runs)"
-    return _history_panels(ctx, h, [("cka", "linear CKA (stitched vs model 2)"),
-                                    ("stitched_acc", "stitched accuracy (probe images)"),
-                                    ("cross_entropy", "cross-entropy to model 2 (nats)")],
+    return _history_panels(ctx, h, [("cka", "linear CKA vs model 2"),
+                                    ("stitched_acc", "accuracy (probe images)"),
+                                    ("cross_entropy", "CE to model 2 (nats)")],
                            "method_config.cka_penalty", lambda w: f"CKA penalty {float(w):g}", cap, individual=1)
 
 
@@ -735,30 +738,36 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
     methods = [m for m in methods if m in set(agg["method"])]
     with_auroc = f"{AUROC}.mean" in agg and agg[f"{AUROC}.mean"].notna().any()
     metrics = [("relative_acc", "acc")] + ([(AUROC, "auroc")] if with_auroc else [])
-    ncols = len(methods) * len(metrics)
+    # Print layout, at most two heatmaps side by side (about a page width): with AUROC each row is
+    # one (model pair, method) showing relative accuracy | AUROC; without, a row per model pair
+    # showing TLM | DM.
+    if with_auroc:
+        rows = [[(pair, m, mt) for mt in metrics] for pair in pairs for m in methods]
+    else:
+        rows = [[(pair, m, metrics[0]) for m in methods] for pair in pairs]
+    ncols = max(len(r) for r in rows)
     n_layers = max(agg["layer"].nunique(), agg["target_layer"].nunique())
-    cell = 0.28 if n_layers > 10 else 0.36
-    side = max(2.6, cell * n_layers + 1.2)
+    side = min(3.4, max(2.2, 0.3 * n_layers + 0.9))
     annotate = n_layers <= 10
-    fig, axes = plt.subplots(len(pairs), ncols, figsize=(ncols * (side + 1.1), len(pairs) * (side + 0.9) + 0.6),
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(ncols * (side + 1.0), len(rows) * (side + 1.0) + 0.7),
                              squeeze=False, layout="constrained")
-    for r, pair in enumerate(pairs):
-        gp = agg[agg["pair"] == pair]
-        rows_order = layer_order(gp, "layer", "model1")
-        cols_order = layer_order(gp, "target_layer", "model2")
-        for mi, m in enumerate(methods):
+    for r, row in enumerate(rows):
+        for c, (pair, m, (metric, kind)) in enumerate(row):
+            ax = axes[r, c]
+            gp = agg[agg["pair"] == pair]
             gm = gp[gp["method"] == m]
-            for ki, (metric, kind) in enumerate(metrics):
-                ax = axes[r, mi * len(metrics) + ki]
-                if not len(gm) or f"{metric}.mean" not in gm:
-                    ax.axis("off")
-                    continue
-                mat = gm.pivot_table(index="layer", columns="target_layer", values=f"{metric}.mean",
-                                     aggfunc="mean", dropna=False).reindex(index=rows_order, columns=cols_order)
-                what = "relative accuracy" if kind == "acc" else "OOD AUROC"
-                heatmap(ax, mat, kind, f"{_labels(gm).iloc[0]}: {what}\n{pair}", annotate)
+            if not len(gm) or f"{metric}.mean" not in gm:
+                ax.axis("off")
+                continue
+            mat = gm.pivot_table(index="layer", columns="target_layer", values=f"{metric}.mean",
+                                 aggfunc="mean", dropna=False).reindex(index=layer_order(gp, "layer", "model1"),
+                                                                      columns=layer_order(gp, "target_layer", "model2"))
+            what = "relative accuracy" if kind == "acc" else "OOD AUROC"
+            heatmap(ax, mat, kind, f"{_labels(gm).iloc[0]}: {what}\n{pair}", annotate)
+        for c in range(len(row), ncols):
+            axes[r, c].axis("off")
     note = "" if with_auroc else " (no OOD AUROC in these records: run with ood.enabled=true to add it)"
-    suptitle(fig, ctx, cap + note, width=40 + 40 * ncols)
+    suptitle(fig, ctx, cap + note, width=45 * ncols + 10)
     return save(fig, ctx)
 
 

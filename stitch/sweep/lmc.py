@@ -41,7 +41,7 @@ def _pairs(g: pd.DataFrame, kinds: list[str], max_pairs: int) -> list[tuple[str,
                     out.append(("seeds", label, a.run, b.run))
     if "methods" in kinds:
         tlm = g[g["kind"] == "tlm"].sort_values("seed")
-        dm = g[g["kind"] == "dm"].sort_values("seed")
+        dm = g[g["kind"] == "dm"].sort_values("seed").drop_duplicates("condition")  # its seeds are copies
         # one DM end per TLM run: DM is deterministic, so its seeds are copies
         for (ta, da) in list(itertools.product(tlm.itertuples(), dm.itertuples()))[:max_pairs]:
             out.append(("methods", f"{_label(tlm[tlm['run'] == ta.run].iloc[0])} vs "

@@ -1,0 +1,269 @@
+"""Every figure of sweep.py drawn from synthetic records with the shapes real studies write.
+
+Fast (no training): the figures' data handling and layout. The smoke experiments that
+produce such records for real are run by tests/test_resume.py::test_smoke_experiments.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stitch.sweep.collect import aggregate, collect
+from stitch.sweep.figures import FIGURES, FigureContext, draw, fill_sparsity
+from stitch.sweep.report import run_sweep
+
+TINY = [f"layer{i}" for i in range(1, 9)]
+
+
+def rec(run, layer, method="tlm", variant=None, seed=0, m1=0, m2=1, model="tiny10", options=None, target=None,
+        mcfg=None, metrics=None, history=None, fit=None, stitch_file=None, status="ok", extra_cfg=None):
+    options = options or ({"padding": "kornblith"} if model == "tiny10" else {})
+    tag = model + "".join(f"-{k}={v}" for k, v in sorted(options.items()) if k != "padding")
+    kind = "tlm" if method == "tlm" else "dm"
+    mcfg = {"kind": kind, "name": variant, "epochs": 5, **(mcfg or {})}
+    md = lambda s: {"name": model, "options": options, "seed": s, "key": f"digits/{tag}/seed{s}"}  # noqa: E731
+    r = {"run": run, "study": "synthetic", "layer": layer, "target_layer": target or layer, "method": method,
+         "kind": kind, "variant": variant, "seed": seed, "data": "digits", "self_stitch": m1 == m2,
+         "status": status, "model1": md(m1), "model2": md(m2),
+         "config": {"data": {"name": "digits"}, "method_config": mcfg, "seed": seed, "model1": md(m1),
+                    "model2": md(m2), **(extra_cfg or {})},
+         "metrics": metrics or {}, "fit": fit or {"steps": 20}, "history": history or []}
+    if stitch_file:
+        r["stitch_file"] = stitch_file
+    return r
+
+
+def dump(d: Path, records: list[dict]) -> Path:
+    (d / "records").mkdir(parents=True, exist_ok=True)
+    for r in records:
+        (d / "records" / f"{r['run']}.json").write_text(json.dumps(r))
+    return d
+
+
+def _records(tmp: Path) -> dict[str, list[dict]]:
+    rng = np.random.default_rng(0)
+    out: dict[str, list[dict]] = {k: [] for k in FIGURES}
+    # Fig. 2: per-layer TLM (paper 1 recipe) vs least squares, 3 donor pairs, one failed run
+    for m1 in (0, 2, 3):
+        for i, L in enumerate(TINY):
+            for method, variant, base in (("tlm", "paper1", 0.97), ("dm", "least_squares", 0.9 - 0.05 * (i % 4))):
+                out["p1_fig2"].append(rec(f"f2-{method}-{L}-{m1}", L, method, variant, m1=m1, metrics={
+                    "relative_acc": base + 0.02 * rng.standard_normal(), "cross_entropy": 0.3 + 0.2 * i / 8
+                    + 0.05 * rng.random()}))
+    out["p1_fig2"].append(rec("f2-failed", "layer3", status="failed", m1=4))
+    # Fig. 3: ResNet-20 widths
+    for w in (0.5, 1, 2):
+        for L in ("layer1.0", "layer2.0", "layer3.0"):
+            for s in (0, 1):
+                out["p1_fig3"].append(rec(f"f3-{w}-{L}-{s}", L, "tlm", "paper1", seed=s, model="resnet20",
+                                          options={"width": w}, metrics={"relative_acc": 0.85 + 0.05 * w
+                                                                         + 0.01 * rng.standard_normal()}))
+    # Fig. 4: tracked TLM from least squares
+    for s in range(3):
+        hist = [{"step": t, "cka": 0.9 - 0.01 * t + 0.02 * rng.random(), "r2": 0.6 - 0.005 * t,
+                 "cross_entropy": 1.0 / (1 + 0.2 * t), "stitched_acc": 0.8 + 0.005 * t} for t in range(0, 31, 3)]
+        out["p1_fig4"].append(rec(f"f4-{s}", "layer3", "tlm", "paper1", seed=s, mcfg={"init": "dm", "track_every": 3},
+                                  history=hist, metrics={"relative_acc": 0.95}))
+    # Fig. 5: CKA penalty, self-stitch
+    for w in (0.0, 2.0):
+        for s in range(2):
+            hist = [{"step": t, "cka": 1.0 - (0.02 * t if w else 0.001 * t), "cross_entropy": 0.1,
+                     "stitched_acc": 0.95 - 0.001 * t} for t in range(0, 41, 2)]
+            out["p1_fig5"].append(rec(f"f5-{w}-{s}", "layer2.0", "tlm", "paper2", seed=s, m1=0, m2=0,
+                                      model="resnet20", options={"width": 1},
+                                      mcfg={"init": "identity", "cka_penalty": w, "track_every": 2},
+                                      history=hist, metrics={"relative_acc": 0.99}))
+    # Fig. 6: initialisations
+    for init, mu in (("random", 0.7), ("identity", 0.85), ("dm", 0.97)):
+        for s in range(12):
+            out["p1_fig6"].append(rec(f"f6-{init}-{s}", "layer5", "tlm", "paper2", seed=s, mcfg={"init": init},
+                                      metrics={"relative_acc": float(np.clip(mu + 0.08 * rng.standard_normal(),
+                                                                             0, 1))}))
+    # Fig. 7: low rank + full-rank references
+    for L in ("layer3", "layer6"):
+        for k in (4, 8, 16):
+            for s in (0, 1):
+                out["p1_fig7"].append(rec(f"f7-tlm-{L}-{k}-{s}", L, "tlm", "paper1", seed=s, mcfg={"rank": k},
+                                          extra_cfg={"rank": k}, metrics={"relative_acc": 1 - 0.5 / k}))
+                out["p1_fig7"].append(rec(f"f7-dm-{L}-{k}-{s}", L, "dm", "reduced_rank", seed=s,
+                                          mcfg={"solver": "rank", "rank": k}, extra_cfg={"rank": k},
+                                          metrics={"relative_acc": 1 - 2.0 / k}))
+        out["p1_fig7"].append(rec(f"f7-ls-{L}", L, "dm", "least_squares", mcfg={"solver": "ls"},
+                                  metrics={"relative_acc": 0.93}))
+    # Fig. 8: sparsity, with saved stitching layers for the example matrices
+    (tmp / "p1_fig8" / "stitches").mkdir(parents=True)
+    for kind, strengths in (("tlm", (0.0, 1e-3, 1e-2)), ("dm", (1e-3, 1e-2, 1e-1))):
+        for j, a in enumerate(strengths):
+            W = torch.randn(32, 32)
+            W[torch.rand(32, 32) < 0.3 * j] = 0
+            name = f"f8-{kind}-{j}"
+            torch.save({"weight": W, "bias": torch.zeros(32)}, tmp / "p1_fig8" / "stitches" / f"{name}.pt")
+            mcfg = {"l1": a} if kind == "tlm" else {"solver": "lasso", "alpha": a, "zero_threshold": 1e-4}
+            fit = {"steps": 10} if a == 0 else {"steps": 10, "sparsity": float((W.abs() < 1e-4).float().mean())}
+            out["p1_fig8"].append(rec(name, "layer4", kind, "paper2" if kind == "tlm" else "lasso", mcfg=mcfg,
+                                      fit=fit, stitch_file=f"stitches/{name}.pt",
+                                      metrics={"relative_acc": 0.95 - (0.1 if kind == "tlm" else 0.4) * j / 2}))
+    # Paper 2: layer x layer matrices, intra and inter network, TLM and DM, with OOD AUROC
+    layers = ["layer1", "layer3", "layer5", "layer7"]
+    for m2 in (0, 1):
+        for i, L in enumerate(layers):
+            for j, M in enumerate(layers):
+                for method, variant in (("tlm", "paper2"), ("dm", "paper2")):
+                    acc = 0.95 - (0.05 if method == "tlm" else 0.2) * abs(i - j)
+                    auroc = 0.5 + (0.1 * abs(i - j) + 0.2 if method == "tlm" else 0.02 * abs(i - j))
+                    out["p2_fig2"].append(rec(f"p2-{m2}-{L}-{M}-{method}", L, method, variant, m2=m2, target=M,
+                                              metrics={"relative_acc": acc, "ood/auroc": min(auroc, 1.0)}))
+    out["p2_fig1"] = [r for r in out["p2_fig2"] if r["self_stitch"] and r["method"] == "tlm"]
+    out["p2_fig3"] = [json.loads(json.dumps(r).replace('"padding": "kornblith"', '"variant": "same_size"')
+                                 .replace("tiny10", "resnet18")) for r in out["p2_fig2"] if r["self_stitch"]]
+    vit = [f"blocks.{i}" for i in (0, 3, 7, 11)]
+    for i, L in enumerate(vit):
+        for j, M in enumerate(vit):
+            for method in ("tlm", "dm"):
+                out["p2_fig4"].append(rec(f"p4-{L}-{M}-{method}", L, method, "paper2", m2=0, model="vit_tiny",
+                                          options={"img_size": 32, "patch_size": 4}, target=M,
+                                          metrics={"relative_acc": 1 - 0.1 * abs(i - j)}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def figure_dirs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("figs")
+    return {name: dump(tmp / name, records) for name, records in _records(tmp).items() if records}
+
+
+@pytest.mark.parametrize("name", [n for n in FIGURES if n != "p1_lmc"])
+def test_every_figure_draws_png_and_pdf(name, figure_dirs, tmp_path):
+    c = collect([figure_dirs[name]])
+    assert FIGURES[name].applies(c.runs), f"{name} does not recognise its own records"
+    formats = ("png", "pdf") if name in ("p1_fig2", "p2_fig2") else ("png",)  # PDF export is slow: twice is enough
+    ctx = FigureContext(c.runs, aggregate(c.runs), c.history, tmp_path, FIGURES[name].stem, formats=formats)
+    paths = draw(name, ctx)
+    assert {p.suffix for p in paths} == {f".{f}" for f in formats}
+    for p in paths:
+        assert p.stat().st_size > 10_000, p      # a real plot, not an empty canvas
+    from matplotlib import image
+
+    img = image.imread(paths[0])
+    assert img.shape[0] > 300 and img.shape[1] > 500   # readable at print size (200 dpi)
+
+
+def test_auto_picks_the_figures_the_records_support(figure_dirs, tmp_path):
+    from stitch.sweep.report import _requested
+
+    runs = collect([figure_dirs["p2_fig2"]]).runs
+    auto = _requested("auto", runs)
+    assert {"p2_fig1", "p2_fig2"} <= set(auto) and "p1_fig4" not in auto and "p1_fig3" not in auto
+    runs4 = collect([figure_dirs["p1_fig4"]]).runs
+    assert "p1_fig4" in _requested("auto", runs4) and "p1_fig5" not in _requested("auto", runs4)
+
+
+def test_sparsity_filled_from_saved_stitching_layer(figure_dirs):
+    runs = collect([figure_dirs["p1_fig8"]]).runs
+    assert runs.loc[runs["run"] == "f8-tlm-0", "fit.sparsity"].isna().all()
+    filled = fill_sparsity(runs)
+    v = filled.loc[filled["run"] == "f8-tlm-0", "fit.sparsity"].iloc[0]
+    assert math.isfinite(v) and 0 <= v < 0.05     # unregularised: hardly any exact zeros
+
+
+def test_missing_data_draws_an_explaining_placeholder(figure_dirs, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert run_sweep({"inputs": [str(figure_dirs["p1_fig6"])], "figures": ["p1_fig3"], "out": str(out),
+                      "formats": ["png"]}) == 0
+    assert (out / "fig-p1-3.png").is_file()
+
+
+# ------------------------------------------------------------------------------------------
+# The smoke experiments themselves: every conf/experiment/*_smoke.yaml, run for real with
+# further reduced data, epochs, layers and sweep values, then drawn. What `make fig-… SCALE=smoke`
+# runs, minus the sizes (those need minutes per figure on 2 CPU cores).
+# ------------------------------------------------------------------------------------------
+CONF = Path(__file__).resolve().parents[1] / "conf"
+SMOKE = sorted(p.stem[:-len("_smoke")] for p in (CONF / "experiment").glob("*_smoke.yaml"))
+# per study: what to shrink further (layers, data) beyond the common reductions
+SHRINK = {
+    "p1_fig2": ["layer=[layer6,layer8]"],
+    "p1_fig3": ["layer=[layer3.0]", "train_limit=64"],
+    "p1_fig5": ["train_limit=64"],
+    "p1_fig7": ["layer=[layer6]"],
+    "p1_lmc": ["layer=[layer6]"],
+    "p2_fig1": ["layer=[layer5,layer7]", "target_layer=[layer5,layer7]"],
+    "p2_fig2": ["layer=[layer5,layer7]", "target_layer=[layer5,layer7]"],
+    # the same-size ResNet-18 costs minutes per epoch even on 16 images here: the pipeline runs on
+    # Tiny-10 instead, and test_p2_fig3_smoke_network_is_same_size checks the configured network
+    "p2_fig3": ["model@model1=tiny10", "model@model2=tiny10", "layer=[layer5,layer7]",
+                "target_layer=[layer5,layer7]"],
+    "p2_fig4": ["layer=[blocks.7,blocks.11]", "target_layer=[blocks.7,blocks.11]", "data.train_subset=32"],
+}
+COMMON = ["donor.epochs=1", "data.train_subset=128", "data.test_subset=64", "tlm.epochs=1",
+          "similarity.indices=[cka]", "similarity.samples=32", "ood.enabled=false"]
+MAX_VALUES = {"tlm.init": 3}  # every initialisation of Fig. 6; 2 values of any other swept key
+
+
+def _jobs(study: str, store: Path, results: Path) -> list[list[str]]:
+    """The multirun's jobs as override lists, each swept key cut to its first values."""
+    import itertools
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    base = [f"+experiment={study}_smoke", f"store={store}", f"results_dir={results}", *COMMON,
+            *SHRINK.get(study, [])]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("stitch", overrides=base, return_hydra_config=True)
+    params = dict(cfg.hydra.sweeper.params or {})
+    parser = OverridesParser.create()
+    axes = []
+    for key, spec in params.items():
+        values = list(parser.parse_override(f"{key}={spec}").sweep_string_iterator())
+        axes.append([f"{key}={v}" for v in values[:MAX_VALUES.get(key, 2)]])
+    return [base + list(combo) for combo in itertools.product(*axes)] if axes else [base]
+
+
+@pytest.fixture(scope="module")
+def smoke_store(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("smoke_store")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study", SMOKE)
+def test_smoke_experiment_runs_and_draws(study, smoke_store, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from stitch.experiment import run_study
+
+    results = tmp_path / study
+    for overrides in _jobs(study, smoke_store, results):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("stitch", overrides=overrides)
+        recs = run_study(OmegaConf.to_container(cfg, resolve=True))
+        assert all(r["status"] == "ok" for r in recs), [r.get("error") for r in recs]
+    c = collect([results])
+    name = study
+    if study != "p2_fig3":  # (runs on Tiny-10 here, see SHRINK)
+        assert FIGURES[name].applies(c.runs), f"{name}: the smoke records do not have the figure's data"
+    out = tmp_path / "fig"
+    assert run_sweep({"inputs": [str(results)], "figures": [name], "out": str(out), "formats": ["png"],
+                      "store": str(smoke_store), "lmc": {"min_relative_acc": 0.0, "lambdas": 3},
+                      "strict": study != "p2_fig3"}) == 0
+    assert (out / f"{FIGURES[name].stem}.png").stat().st_size > 10_000
+
+
+def test_p2_fig3_smoke_network_is_same_size():
+    """The p2_fig3 smoke config stitches the "same size" ResNet-18: every block output is 32 x 32."""
+    from hydra import compose, initialize_config_dir
+
+    from stitch import models
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("stitch", overrides=["+experiment=p2_fig3_smoke"])
+    assert cfg.model1.name == cfg.model2.name == "resnet18" and cfg.model1.options.variant == "same_size"
+    net = models.build("resnet18", num_classes=10, **cfg.model1.options)
+    shapes = net.layer_shapes((3, 32, 32))
+    assert {shapes[L][1:] for L in [*cfg.layer, *cfg.target_layer]} == {(32, 32)}

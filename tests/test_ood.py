@@ -1,0 +1,251 @@
+"""Tests for stitch.ood: energy loss, OOD metrics, outliers, config checks, and the detector
+pipeline end to end (train -> cache -> reload -> score) on tiny synthetic data."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from stitch import data as data_lib
+from stitch import models, store
+from stitch.errors import ConfigError
+from stitch.features import FeatureSource
+from stitch.ood import detector as det_mod
+from stitch.ood import (detector_config, energy, energy_loss, energy_regularizer, get_detector, ood_metrics,
+                        ood_scores_metrics, sanity_check, stitch_energies)
+from stitch.ood.outliers import OutlierSampler, corrupt, noise_images, photo_crops, shuffle_patches
+from stitch.stitching import StitchedNetwork, build_stitching_layer
+
+# a detector small enough to train in a few seconds on 2 CPU cores
+TINY = {"detector": {"epochs": 2, "batch_size": 32, "lr": 3e-3,
+                     "conv": {"arch": "resnet20", "options": {"width": 0.25}, "input_size": 8}},
+        "energy": {"epochs": 1}, "sanity": {"samples": 48}}
+
+
+# ------------------------------------------------------------------------- energy
+def test_energy_matches_hand_computation():
+    logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    e = energy(logits)
+    expect0 = -math.log(math.exp(1) + math.exp(2) + math.exp(3))
+    assert e[0].item() == pytest.approx(expect0, abs=1e-6)
+    assert e[1].item() == pytest.approx(-math.log(3), abs=1e-6)
+    # temperature: -T logsumexp(f / T)
+    assert energy(logits, 2.0)[0].item() == pytest.approx(-2 * math.log(sum(math.exp(v / 2) for v in (1, 2, 3))),
+                                                          abs=1e-6)
+
+
+def test_energy_loss_matches_hand_computation():
+    logits_in = torch.tensor([[1.0, 2.0, 3.0], [30.0, 0.0, 0.0]])
+    y = torch.tensor([2, 0])
+    logits_out = torch.tensor([[0.0, 0.0, 0.0], [-9.0, -8.0, -10.0]])
+    m_in, m_out, w = -25.0, -7.0, 0.1
+    lse = lambda row: math.log(sum(math.exp(v) for v in row))  # noqa: E731
+    ce = (-(3 - lse([1, 2, 3])) - (30 - lse([30, 0, 0]))) / 2
+    e_in = [-lse([1, 2, 3]), -lse([30, 0, 0])]
+    e_out = [-lse([0, 0, 0]), -lse([-9, -8, -10])]
+    reg = sum(max(0.0, e - m_in) ** 2 for e in e_in) / 2 + sum(max(0.0, m_out - e) ** 2 for e in e_out) / 2
+    loss, parts = energy_loss(logits_in, y, logits_out, w, m_in, m_out)
+    assert loss.item() == pytest.approx(ce + w * reg, rel=1e-5)
+    assert parts["ce"] == pytest.approx(ce, rel=1e-5)
+    assert parts["reg"] == pytest.approx(reg, rel=1e-5)
+    # the second in-distribution sample (E = -30 < m_in) and outlier 2 (E ~ 7.6 > m_out) contribute nothing
+    assert e_in[1] < m_in and e_out[1] > m_out
+
+
+def test_energy_regularizer_rejects_inverted_margins():
+    with pytest.raises(ValueError, match="m_in < m_out"):
+        energy_regularizer(torch.zeros(2), torch.zeros(2), m_in=-5.0, m_out=-7.0)
+
+
+# ------------------------------------------------------------------------ metrics
+def test_auroc_identical_distributions_is_half():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4000, generator=g), torch.randn(4000, generator=g)
+    m = ood_scores_metrics(a, b)
+    assert m["auroc"] == pytest.approx(0.5, abs=0.03)
+    assert m["fpr95"] == pytest.approx(0.95, abs=0.03)
+    same = ood_scores_metrics(a, a.clone())  # exactly the same scores: all ties
+    assert same["auroc"] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_auroc_separated_distributions_is_one_even_for_large_scores():
+    g = torch.Generator().manual_seed(1)
+    # energies of tens: a sigmoid (torchmetrics' default for scores outside [0, 1]) would saturate and tie them
+    s_in = 30 + 0.1 * torch.randn(500, generator=g)
+    s_out = 25 + 0.1 * torch.randn(500, generator=g)
+    m = ood_scores_metrics(s_in, s_out)
+    assert m["auroc"] == pytest.approx(1.0)
+    assert m["aupr"] == pytest.approx(1.0)
+    assert m["fpr95"] == pytest.approx(0.0)
+    flipped = ood_scores_metrics(s_out, s_in)
+    assert flipped["auroc"] == pytest.approx(0.0)
+    assert flipped["fpr95"] == pytest.approx(1.0)
+
+
+def test_ood_scores_reject_empty_and_nan():
+    with pytest.raises(ValueError, match="empty"):
+        ood_scores_metrics(torch.tensor([]), torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="NaN"):
+        ood_scores_metrics(torch.tensor([float("nan")]), torch.tensor([1.0]))
+
+
+# ----------------------------------------------------------------------- outliers
+def test_outlier_sources_shapes_and_content():
+    g = torch.Generator().manual_seed(0)
+    crops = photo_crops(5, (16, 16), 3, grayscale=True, generator=g)
+    assert crops.shape == (5, 3, 16, 16) and crops.dtype == torch.uint8
+    assert (crops == crops[:, :1]).all()  # grey outliers for grey data
+    noise = noise_images(7, (8, 8), 3, generator=g)
+    assert noise.shape == (7, 3, 8, 8) and noise.dtype == torch.uint8
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
+    sh = shuffle_patches(x, 4, g)
+    # a permutation of the 2x2 tiles of each image: same multiset of values, per image
+    assert torch.equal(sh.flatten(1).sort(1).values, x.flatten(1).sort(1).values)
+    assert not torch.equal(sh, x)
+    c = corrupt(x, g)
+    assert c.shape == x.shape
+
+
+def test_outlier_sampler_matches_in_distribution_preprocessing():
+    dm = data_lib.build("synthetic", train_size=32, test_size=16, normalize=False)
+    s = OutlierSampler(dm, ["photos", "noise", "shuffle", "corrupt"])
+    x = s.sample(12, None, torch.Generator().manual_seed(0))
+    assert x.shape == (12, *dm.input_shape) and x.dtype == torch.float32
+    with pytest.raises(ConfigError, match="unknown outlier source"):
+        OutlierSampler(dm, ["imagenet"])
+
+
+# ------------------------------------------------------------------------- config
+@pytest.mark.parametrize("ood, match", [
+    ({"detectr": {}}, "unknown key"),
+    ({"detector": {"epochs": -1}}, "ood.detector.epochs"),
+    ({"detector": {"lr": 0}}, "ood.detector.lr"),
+    ({"detector": {"batch_size": "big"}}, "ood.detector.batch_size"),
+    ({"detector": {"conv": {"arch": "alexnet"}}}, "not a model"),
+    ({"detector": {"conv": {"arch": "resnet18"}}}, "not options of"),  # width belongs to resnet20
+    ({"energy": {"m_in": -5, "m_out": -7}}, "must be below"),
+    ({"energy": {"weight": -0.1}}, "ood.energy.weight"),
+    ({"outliers": {"sources": ["imagenet"]}}, "unknown ood.outliers.sources"),
+    ({"outliers": {"sources": [], "datasets": []}}, "at least one"),
+    ({"outliers": {"datasets": ["svhn"]}}, "mappings with a name"),
+    ({"detector": {"epochs": 0}, "energy": {"epochs": 0}}, "untrained"),
+    ({"split": "validation"}, "ood.split"),
+    ({"sanity": {"samples": 1}}, "ood.sanity.samples"),
+])
+def test_bad_config_values_give_clear_errors(ood, match):
+    with pytest.raises(ConfigError, match=match):
+        detector_config(ood)
+        det_mod.sanity_config(ood)
+
+
+def test_default_config_is_valid_and_hash_is_stable():
+    cfg = detector_config({"enabled": True})
+    assert cfg == detector_config(None)
+    key = store.DonorKey.make("digits", "tiny10", 0)
+    h1, _ = det_mod.detector_identity(cfg, key, "abc", "layer3", {"name": "digits", "batch_size": 64}, (3, 32, 32))
+    h2, _ = det_mod.detector_identity(cfg, key, "abc", "layer3", {"name": "digits", "batch_size": 256}, (3, 32, 32))
+    h3, _ = det_mod.detector_identity(cfg, key, "abd", "layer3", {"name": "digits"}, (3, 32, 32))
+    assert h1 == h2  # batch size does not change the detector
+    assert h1 != h3  # a retrained donor does
+    assert detector_config({"detector": {"conv": {"arch": "resnet18", "options": {}}}}).conv_arch == "resnet18"
+
+
+def test_token_detector_on_vit_shaped_activations():
+    cfg = detector_config({"detector": {"tokens": {"depth": 1}}})
+    d = det_mod.ActivationDetector((17, 192), 10, cfg)
+    assert d.backbone.blocks[0].attn.num_heads == 3  # ViT-Ti: 192 / 64
+    assert d(torch.randn(4, 17, 192)).shape == (4, 10)
+    with pytest.raises(ConfigError, match="must divide"):
+        det_mod.ActivationDetector((5, 10), 10, detector_config({"detector": {"tokens": {"heads": 3}}}))
+
+
+# ------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    """A synthetic data set, a (random, frozen) Tiny-10 as model 2 saved in a temporary store."""
+    root = tmp_path_factory.mktemp("ood_store")
+    torch.manual_seed(0)
+    dm = data_lib.build("synthetic", train_size=96, test_size=48, batch_size=32, normalize=False, augment=False)
+    dm.setup()
+    net = models.build("tiny10", dm.num_classes, 3, width=1).eval()
+    key = store.DonorKey.make("synthetic", "tiny10", 0)
+    store.save(key, net, {"num_classes": 10, "in_channels": 3, "metrics": {"test_acc": 0.1}}, root)
+    det_mod.clear_memo()
+    return dm, net, key, root
+
+
+def test_detector_trains_caches_reloads_and_scores(tiny_setup, monkeypatch):
+    dm, net, key, root = tiny_setup
+    det, meta = get_detector(net, key, "layer3", dm, TINY, root, "cpu", data_cfg={"name": "synthetic"})
+    assert meta["trained_now"] is True
+    pt = det_mod.Path(meta["path"])
+    assert pt.is_file() and pt.with_suffix(".json").is_file()
+    assert pt.parent == key.directory(root) / "ood" and pt.name.startswith("layer3-")
+    assert 0.0 <= meta["sanity_auroc"] <= 1.0 and meta["metrics"]["samples"] == 48
+    assert "digits" in next(iter(meta["sanity"]))  # synthetic in-distribution: the digits are the OOD set
+
+    # reload from the store without retraining: training is forbidden from here on
+    def no_training(*a, **k):
+        raise AssertionError("retrained a cached detector")
+
+    monkeypatch.setattr(det_mod, "train_detector", no_training)
+    det_mod.clear_memo()
+    det2, meta2 = get_detector(net, key, "layer3", dm, TINY, root, "cpu", data_cfg={"name": "synthetic"})
+    assert meta2["trained_now"] is False and meta2["sanity_auroc"] == meta["sanity_auroc"]
+    h = net.forward_to(next(dm.batches("test", 16))[0], "layer3")
+    with torch.no_grad():
+        assert torch.allclose(det(h), det2(h), atol=1e-5)
+    # the same call again is served from the in-process memo
+    assert get_detector(net, key, "layer3", dm, TINY, root, "cpu", data_cfg={"name": "synthetic"})[0] is det2
+
+    # scoring a stitch: the self-stitch identity reproduces B exactly -> AUROC 0.5
+    shape = net.layer_shapes(dm.input_shape)["layer3"]
+    layer = build_stitching_layer(shape, shape)
+    layer.set_identity()
+    stitched = StitchedNetwork(net, net, "layer3", "layer3", layer)
+    source = FeatureSource(net, net, "layer3", "layer3", dm, torch.device("cpu"))
+    cfg = {"ood": TINY, "store": str(root), "data": {"name": "synthetic"}}
+    m = ood_metrics(stitched, source, key, cfg, dm)
+    assert m["ood/auroc"] == pytest.approx(0.5, abs=1e-6)
+    assert m["ood/energy_in_mean"] == pytest.approx(m["ood/energy_stitched_mean"], abs=1e-4)
+    for k in ("ood/aupr", "ood/fpr95", "ood/detector_acc", "ood/sanity_auroc", "ood/samples"):
+        assert m[k] is not None
+    # a badly scaled stitch is scored too (values in range; no claim on a barely trained detector)
+    with torch.no_grad():
+        layer.weight.mul_(25.0)
+    m2 = ood_metrics(stitched, source, key, cfg, dm)
+    assert 0.0 <= m2["ood/auroc"] <= 1.0 and m2["ood/energy_stitched_mean"] != m["ood/energy_stitched_mean"]
+    e = stitch_energies(stitched, source, det2)
+    assert len(e["in"]) == len(e["stitched"]) == 48
+
+
+def test_changed_config_gets_its_own_detector(tiny_setup):
+    dm, net, key, root = tiny_setup
+    other = {**TINY, "energy": {"epochs": 1, "m_out": -6.0}}
+    _, meta = get_detector(net, key, "layer8", dm, other, root, "cpu")
+    _, meta_b = get_detector(net, key, "layer8", dm, {**other, "sanity": {"samples": 40}}, root, "cpu")
+    assert meta["path"] == meta_b["path"]  # the sanity settings do not retrain ...
+    assert len(meta_b["sanity"]) == 2      # ... they add a second sanity result
+    _, meta_c = get_detector(net, key, "layer8", dm, TINY, root, "cpu")
+    assert meta_c["path"] != meta["path"]
+
+
+def test_sanity_check_function(tiny_setup):
+    dm, net, key, root = tiny_setup
+    det, _ = get_detector(net, key, "layer3", dm, TINY, root, "cpu")
+    r = sanity_check(det, net, "layer3", dm, {"name": "digits"}, samples=32)
+    assert r["data"] == "digits" and 0.0 <= r["auroc"] <= 1.0 and r["samples_out"] == 32
+    assert det_mod.resolve_sanity_data("digits", {"data": "auto"}) == {"name": "synthetic"}
+    assert det_mod.resolve_sanity_data("digits", {"data": None}) is None
+
+
+def test_multilabel_task_is_rejected(tiny_setup):
+    dm, net, key, root = tiny_setup
+
+    class Multi:
+        multilabel = True
+        name = "celeba"
+
+    with pytest.raises(ConfigError, match="single-label"):
+        det_mod.train_detector(net, "layer3", Multi(), detector_config(TINY))
