@@ -78,7 +78,10 @@ def load_records(results_dir: str | Path, status: str | None = "ok") -> list[dic
 
 
 def layer_sort_key(name: str) -> tuple:
-    """Natural order of layer names: ``layer2`` < ``layer10``, ``layer1.1`` < ``layer2.0``, ``blocks.2`` < ``blocks.10``."""
+    """Natural order of layer names.
+
+    ``layer2`` < ``layer10``, ``layer1.1`` < ``layer2.0``, ``blocks.2`` < ``blocks.10``.
+    """
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(name)))
 
 

@@ -361,8 +361,9 @@ def specificity_for_matrices(mats: Mapping[str, pd.DataFrame], probe_acc: Mappin
     """:func:`specificity_test` for every matrix of :func:`stitch.matrices.similarity_matrices` that has a
     direction (relative accuracy, DM structural score, CKA, PWCCA, OPD; not OOD AUROC).
 
-    Returns one row per matrix: ``matrix, n, spearman, spearman_p, kendall, kendall_p``
-    (positive = the index ranks layer pairs like the probes do).
+    Returns one row per matrix: ``matrix, n, spearman, spearman_p, kendall, kendall_p`` (plus
+    ``mean_spearman, mean_kendall`` over target layers with ``by_reference=True``); positive = the
+    index ranks layer pairs like the probes do.
     """
     from .matrices import better
 
@@ -372,5 +373,7 @@ def specificity_for_matrices(mats: Mapping[str, pd.DataFrame], probe_acc: Mappin
         if direction is None:
             continue
         r = specificity_test(m, probe_acc, probe_acc_target, higher_is_similar=direction, **kwargs)
-        rows.append({"matrix": name, **{k: r[k] for k in ("n", "spearman", "spearman_p", "kendall", "kendall_p")}})
+        keys = ["n", "spearman", "spearman_p", "kendall", "kendall_p"] + (
+            ["mean_spearman", "mean_kendall"] if kwargs.get("by_reference") else [])
+        rows.append({"matrix": name, **{k: r[k] for k in keys}})
     return pd.DataFrame(rows)

@@ -123,7 +123,7 @@ def test_outlier_sampler_matches_in_distribution_preprocessing():
     ({"detector": {"lr": 0}}, "ood.detector.lr"),
     ({"detector": {"batch_size": "big"}}, "ood.detector.batch_size"),
     ({"detector": {"conv": {"arch": "alexnet"}}}, "not a model"),
-    ({"detector": {"conv": {"arch": "resnet18"}}}, "not options of"),  # width belongs to resnet20
+    ({"detector": {"conv": {"arch": "resnet18", "options": {"width": 2}}}}, "not options of"),
     ({"energy": {"m_in": -5, "m_out": -7}}, "must be below"),
     ({"energy": {"weight": -0.1}}, "ood.energy.weight"),
     ({"outliers": {"sources": ["imagenet"]}}, "unknown ood.outliers.sources"),
@@ -148,7 +148,9 @@ def test_default_config_is_valid_and_hash_is_stable():
     h3, _ = det_mod.detector_identity(cfg, key, "abd", "layer3", {"name": "digits"}, (3, 32, 32))
     assert h1 == h2  # batch size does not change the detector
     assert h1 != h3  # a retrained donor does
-    assert detector_config({"detector": {"conv": {"arch": "resnet18", "options": {}}}}).conv_arch == "resnet18"
+    r18 = detector_config({"detector": {"conv": {"arch": "resnet18", "options": None}}})
+    assert r18.conv_arch == "resnet18" and r18.conv_options == ()  # no resnet20 preset carried over
+    assert cfg.conv_options == (("width", 0.5),)
 
 
 def test_token_detector_on_vit_shaped_activations():

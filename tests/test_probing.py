@@ -196,3 +196,4 @@ def test_specificity_for_every_matrix():
     assert "tlm/ood_auroc" not in set(table["matrix"])  # no direction
     assert {"tlm/relative_acc", "dm/relative_acc", "cka", "opd", "dm/dm_structural"} <= set(table["matrix"])
     assert (table["n"] == 6).all()
+    assert "mean_spearman" in probing.specificity_for_matrices(mats, acc, by_reference=True)

@@ -60,6 +60,10 @@ FORMAT = 1  # bump when the checkpoint layout changes
 
 
 # --------------------------------------------------------------------------- config
+# conv-detector options used when ood.detector.conv.options is null
+DEFAULT_CONV_OPTIONS: dict[str, dict[str, Any]] = {"resnet20": {"width": 0.5}}
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
     """Everything that determines a trained detector (its cache identity).
@@ -163,12 +167,15 @@ def detector_config(ood_cfg: dict | None) -> DetectorConfig:
     if arch not in models.list_models():
         raise ConfigError(f"ood.detector.conv.arch={arch!r} is not a model; available: "
                           f"{', '.join(models.list_models())}")
-    options = dict(conv.get("options", dict(base.conv_options)) or {})
+    options = conv.get("options")
+    # null: the preset of the architecture (half-width ResNet-20 for speed), so arch=resnet18 needs no
+    # options override (Hydra merges dicts: options={} would not remove a preset key)
+    options = dict(DEFAULT_CONV_OPTIONS.get(arch, {}) if options is None else options)
     valid_opts = models.options_of(arch)
     bad = sorted(set(options) - set(valid_opts))
     if bad:
         raise ConfigError(f"ood.detector.conv.options {bad} are not options of {arch!r} (valid: "
-                          f"{sorted(valid_opts)}); e.g. ood.detector.conv.options={{}} when switching arch")
+                          f"{sorted(valid_opts)})")
     heads = tok.get("heads", "auto")
     heads = None if heads in (None, "auto") else _int(heads, "ood.detector.tokens.heads", 1)
     grayscale = out.get("grayscale", "auto")
@@ -482,11 +489,11 @@ def sanity_images(spec: dict, dm: ImageDataModule, samples: int) -> torch.Tensor
     opts = {k: v for k, v in spec.items() if k != "name"}
     if spec["name"] == "synthetic":
         opts.setdefault("test_size", samples)
+    opts["normalize"] = False  # raw pixels: the in-distribution normalisation is applied later
     other = data_lib.build(spec["name"], **opts)
     try:
         x = other.tensors("test")[0][:samples]
-    except NotImplementedError:  # streaming set: take the first batches, undo nothing (already floats in [0,1])
-        other.normalize = False
+    except NotImplementedError:  # streaming set: its batches arrive as floats in [0, 1]
         x = torch.cat([b for b, _ in other.batches("test", 256, limit=samples, device="cpu")])
     channels, *size = dm.input_shape
     return _resize_raw(x, tuple(size), channels, looks_grayscale(dm))
