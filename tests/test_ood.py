@@ -251,3 +251,37 @@ def test_multilabel_task_is_rejected(tiny_setup):
 
     with pytest.raises(ConfigError, match="single-label"):
         det_mod.train_detector(net, "layer3", Multi(), detector_config(TINY))
+
+
+# ----------------------------------------------------------------- through stitch.py
+@pytest.mark.slow
+def test_stitch_cli_with_ood_enabled(tmp_path, donor_store):
+    """`stitch.py ood.enabled=true`: records get ood/* metrics, the detector is cached in the store
+    and reused by the next study; DM's self-stitching diagonal is exactly in-distribution."""
+    import json
+
+    from stitch import matrices
+
+    from .conftest import SYNTH_OVERRIDES, run_script
+
+    tiny = ["ood.enabled=true", "ood.detector.epochs=2", "ood.detector.batch_size=32", "ood.energy.epochs=1",
+            "ood.detector.conv.input_size=8", "ood.detector.conv.options={width:0.25}", "ood.sanity.samples=48"]
+
+    def stitch(res, *args):
+        return run_script("stitch.py", f"store={donor_store}", f"results_dir={tmp_path}/{res}", *SYNTH_OVERRIDES,
+                          "similarity.indices=[cka]", "similarity.samples=64", "tlm.epochs=1", "model2.seed=0",
+                          f"hydra.run.dir={tmp_path}/out", *tiny, *args)
+
+    r = stitch("a", "layer=[layer6,layer8]", "target_layer=layer8", "method=dm")
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = [json.loads(p.read_text()) for p in sorted((tmp_path / "a" / "records").glob("*.json"))]
+    assert len(recs) == 2 and all(x["status"] == "ok" for x in recs)
+    diag = next(x for x in recs if x["layer"] == "layer8")["metrics"]
+    assert diag["ood/auroc"] == pytest.approx(0.5, abs=1e-6) and diag["ood/sanity_auroc"] is not None
+    assert list((donor_store / "synthetic" / "tiny10" / "seed0" / "ood").glob("layer8-*.pt"))
+    mats = matrices.similarity_matrices(recs)
+    assert mats["dm/ood_auroc"].shape == (2, 1)
+    # a second study reuses the cached detector
+    r = stitch("b", "layer=layer8", "method=tlm")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "loaded from" in r.stdout + r.stderr and "training the OOD detector" not in r.stdout + r.stderr
