@@ -209,6 +209,19 @@ def describe(ctx: FigureContext, df: pd.DataFrame | None = None) -> str:
     return " · ".join(p for p in parts if p)
 
 
+def _finish_layer_grid(fig, axes, n_panels: int, ylabel: str) -> None:
+    """Label the first column, hide unused panels and draw one legend shared by all panels."""
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    for ax in axes.flat[n_panels:]:
+        ax.set_visible(False)
+    handles = {}
+    for ax in axes.flat[:n_panels]:
+        for hh, ll in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(ll, hh)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center", ncol=2, frameon=False)
+
+
 def suptitle(fig, ctx: FigureContext, caption: str, df: pd.DataFrame | None = None, width: int = 110) -> None:
     head = textwrap.fill(ctx.title or caption, width)
     body = textwrap.fill(describe(ctx, df), width)
@@ -519,15 +532,7 @@ def p1_fig7(ctx: FigureContext) -> list[Path]:
         ax.minorticks_off()
         ax.set_title(L)
         ax.set_xlabel("rank k of the stitching matrix")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("relative accuracy")
-    for ax in axes.flat[len(layers):]:
-        ax.set_visible(False)
-    handles = {}
-    for ax in axes.flat[:len(layers)]:
-        for hh, ll in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(ll, hh)
-    fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center", ncol=2, frameon=False)
+    _finish_layer_grid(fig, axes, len(layers), "relative accuracy")
     suptitle(fig, ctx, cap + " (bands: ±1 std over runs)", ctx.ok[_is_low_rank(ctx.ok)], width=90)
     return save(fig, ctx)
 
@@ -663,15 +668,7 @@ def p1_lmc(ctx: FigureContext) -> list[Path]:
         ax.set_title(L)
         ax.set_xlabel("λ in W(λ) = (1-λ)·W₀ + λ·W₁")
         ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0", "", "0.5", "", "1"])
-    for ax in axes[:, 0]:
-        ax.set_ylabel("relative accuracy")
-    for ax in axes.flat[len(layers):]:
-        ax.set_visible(False)
-    handles = {}
-    for ax in axes.flat[:len(layers)]:
-        for hh, ll in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(ll, hh)
-    fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center", ncol=2, frameon=False)
+    _finish_layer_grid(fig, axes, len(layers), "relative accuracy")
     used = ctx.ok[ctx.ok["run"].isin(set(table["run0"]) | set(table["run1"]))]
     suptitle(fig, ctx, cap + " (bands: ±1 std over pairs)", used, width=90)
     return save(fig, ctx)
