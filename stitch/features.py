@@ -10,6 +10,7 @@ give the same tensors: donors are in eval mode, so their outputs are determinist
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -113,7 +114,9 @@ class FeatureSource:
             z2 = self.m2.forward_from(b, self.target_layer)
         return b, z2.float()
 
+    @functools.cached_property
     def _shapes(self) -> tuple[tuple, tuple]:
+        # computed once: batches() asks for the cache size every epoch, and this costs two forward passes
         shape = self.dm.input_shape
         return self.m1.layer_shapes(shape)[self.layer], self.m2.layer_shapes(shape)[self.target_layer]
 
@@ -122,7 +125,7 @@ class FeatureSource:
         return self.dm.size(split) if lim is None else min(lim, self.dm.size(split))
 
     def cache_bytes(self, split: str) -> int:
-        sa, sb = self._shapes()
+        sa, sb = self._shapes
         el = torch.finfo(self.cache_dtype).bits // 8
         num = lambda s: int(torch.tensor(s).prod())  # noqa: E731
         return self._n(split) * (num(sa) + num(sb)) * el
