@@ -22,7 +22,8 @@ def user_errors_as_messages(fn):
         try:
             return fn(*args, **kwargs)
         except (StitchError, ValueError) as e:
-            if isinstance(e, ValueError) and not isinstance(e, StitchError) and logging.getLogger().level <= logging.DEBUG:
+            debugging = logging.getLogger().level <= logging.DEBUG
+            if debugging and not isinstance(e, StitchError):  # keep the traceback of a plain ValueError
                 raise
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)

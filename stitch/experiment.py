@@ -28,7 +28,7 @@ from .errors import CheckpointError, ConfigError
 from .evaluation import evaluate
 from .features import ActivationCache, FeatureSource, resolve_cache_dtype, resolve_precision
 from .fileio import read_json, save_torch, write_json
-from .matching import MatchingStatistics, solve
+from .matching import KINDS, MatchingStatistics, solve
 from .matching.task_loss import linear_cka_torch, train_task_loss
 from .models import StitchableNetwork
 from .stitching import StitchedNetwork, build_stitching_layer, to_rows
@@ -218,6 +218,8 @@ def run_study(cfg: dict) -> list[dict]:
     for name, m in methods.items():
         if m.get("kind") not in METHOD_KINDS:
             raise ConfigError(f"method {name!r} has kind {m.get('kind')!r}; valid kinds: {', '.join(METHOD_KINDS)}")
+        if m["kind"] == "dm" and m.get("solver", "ls") not in KINDS:  # a typo fails before any run
+            raise ConfigError(f"unknown dm.solver {m.get('solver')!r}; valid solvers: {', '.join(KINDS)}")
     dm = datamodule_from_cfg(cfg["data"], augment=True)
     dm.setup()
     m1, meta1, key1 = get_donor(cfg, "model1", device)

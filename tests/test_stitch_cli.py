@@ -80,6 +80,8 @@ def test_clear_errors(tmp_path, donor_store):
     r = _stitch(tmp_path, donor_store, "layer=conv3", "method=dm")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "unknown layer 'conv3'" in r.stderr and "layer1, layer2, layer3" in r.stderr
+    r = _stitch(tmp_path, donor_store, "layer=layer2", "method=dm", "dm.solver=qr")
+    assert r.returncode == 2 and "unknown dm.solver 'qr'; valid solvers: ls, procrustes, rank, lasso" in r.stderr
     r = _stitch(tmp_path, donor_store, "layer=layer2", "method=dm", "model2.seed=7", "donor.train_missing=false")
     assert r.returncode == 2 and "python train_models.py data=synthetic model=tiny10 seed=7" in r.stderr
     # another architecture whose layers cannot be joined: an untrained ViT donor is enough to check
