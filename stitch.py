@@ -10,16 +10,16 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from stitch.cli import to_dict, user_errors_as_messages
+from stitch import cli
 from stitch.experiment import format_table, run_study
 
 log = logging.getLogger("stitch")
 
 
 @hydra.main(config_path="conf", config_name="stitch", version_base="1.3")
-@user_errors_as_messages
-def main(cfg: DictConfig) -> int:
-    records = run_study(to_dict(cfg))
+@cli.job
+def study(cfg: DictConfig) -> int:
+    records = run_study(cli.to_dict(cfg))
     if cfg.print_table:
         print(format_table(records))
     failed = sum(r["status"] != "ok" for r in records)
@@ -29,4 +29,4 @@ def main(cfg: DictConfig) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    cli.main(study)  # exit code: 0 all runs ok, 1 a run failed, 2 bad configuration

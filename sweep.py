@@ -13,15 +13,15 @@ Writes <out>/runs.{csv,parquet} (one row per run, failed ones included),
 import hydra
 from omegaconf import DictConfig
 
-from stitch.cli import to_dict, user_errors_as_messages
+from stitch import cli
 from stitch.sweep.report import run_sweep
 
 
 @hydra.main(config_path="conf", config_name="sweep", version_base="1.3")
-@user_errors_as_messages
-def main(cfg: DictConfig) -> int:
-    return run_sweep(to_dict(cfg))
+@cli.job
+def sweep(cfg: DictConfig) -> int:
+    return run_sweep(cli.to_dict(cfg))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli.main(sweep)  # exit code: 0 ok, 1 strict=true and something missing, 2 bad configuration or inputs

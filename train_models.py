@@ -7,18 +7,20 @@
 import hydra
 from omegaconf import DictConfig
 
-from stitch.cli import to_dict, user_errors_as_messages
+from stitch import cli
 from stitch.donors import train_donor
+from stitch.settings import check_train
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
-@user_errors_as_messages
-def main(cfg: DictConfig) -> float:
-    c = to_dict(cfg)
-    meta = train_donor(c["data"], c["model"], c["optim"], c["trainer"], c["epochs"], c["seed"], c["store"],
-                       c["logger"], force=c["force"])
-    return meta.get("metrics", {}).get("test_acc", float("nan"))
+@cli.job
+def train(cfg: DictConfig) -> int:
+    c = cli.to_dict(cfg)
+    check_train(c)
+    train_donor(c["data"], c["model"], c["optim"], c["trainer"], c["epochs"], c["seed"], c["store"], c["logger"],
+                force=c["force"])
+    return 0  # failed runs: a failed training raises
 
 
 if __name__ == "__main__":
-    main()
+    cli.main(train)  # exit code: 0 trained (or already in the store), 1 failed, 2 bad configuration

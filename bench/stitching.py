@@ -75,7 +75,7 @@ def main(overrides: list[str]) -> None:
     dm.setup()
     m1, _, k1 = get_donor(cfg, "model1", device)
     m2, _, k2 = get_donor(cfg, "model2", device)
-    L = cfg["layer"] if isinstance(cfg["layer"], str) and cfg["layer"] != "all" else m1.layers[2]
+    L = cfg["layer"] if isinstance(cfg["layer"], str) and cfg["layer"] != "all" else m1.select_layers("all")[2]
     M = cfg["target_layer"] or L
     tlm = dict(cfg["tlm"])
 

@@ -1,31 +1,118 @@
-"""Helpers shared by the thin entry scripts."""
+"""Helpers shared by the thin entry scripts, and their exit codes.
+
+Exit codes: 0 every run ok; 1 a run failed (recorded as ``status: failed``, or a crash);
+2 bad configuration (a user error: bad value, unknown layer, missing data or donor).
+
+Hydra drops the task function's return value, and a multirun may run its jobs in other
+processes (joblib workers, submitit jobs), so the status travels three ways:
+
+* ``@job`` wraps the function given to ``hydra.main``. The function returns its number of
+  failed runs; ``job`` turns that, or a user error, into a status, keeps the worst status of
+  the process and returns the status (so Hydra's JobReturn holds it).
+* The ``ExitStatus`` Hydra callback (``hydra.callbacks.exit_status`` in the configs) writes
+  each multirun job's status to ``<job output dir>/exit_status``; in the launching process it
+  folds those files into the worst status when the multirun ends. This is how statuses of
+  joblib and submitit jobs come back; under the basic launcher it agrees with the in-process
+  worst status.
+* ``main(entry)`` runs the ``hydra.main`` entry point, then exits with the worst status.
+
+A user error stops a single run, and a sequential (basic launcher) multirun, at once with
+exit 2: it is found before the job does any work, and the sweep's remaining jobs would
+usually fail the same way. Under a parallel launcher the other jobs are already running: the
+failing job ends, the others finish, and the process exits 2 at the end. A crash (any other
+exception) is Hydra's: it prints it and exits 1, in a multirun after the batch of jobs.
+"""
 from __future__ import annotations
 
 import functools
 import logging
 import sys
+from pathlib import Path
+from typing import Any, Callable
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobStatus
+from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .errors import StitchError
+
+OK, FAILED, BAD_CONFIG = 0, 1, 2
+STATUS_FILE = "exit_status"
+_SEQUENTIAL_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+_worst = OK
+
+
+def _note(status: int) -> None:
+    global _worst
+    _worst = max(_worst, status)
 
 
 def to_dict(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def user_errors_as_messages(fn):
-    """Print user errors (missing data, checkpoints, bad names) as one message and exit 2."""
+def _parallel_multirun() -> bool:
+    if not HydraConfig.initialized():
+        return False
+    hc = HydraConfig.get()
+    return hc.mode == RunMode.MULTIRUN and hc.launcher.get("_target_") != _SEQUENTIAL_LAUNCHER
+
+
+def job(fn: Callable[[DictConfig], int]) -> Callable[[DictConfig], int]:
+    """Wrap the function given to ``hydra.main``: it returns its number of failed runs.
+
+    User errors (``StitchError``, ``ValueError``, unresolvable config) print one ``error:``
+    message, no traceback; ``--verbose``/debug logging keeps a plain ValueError's traceback.
+    """
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(cfg: DictConfig) -> int:
         try:
-            return fn(*args, **kwargs)
-        except (StitchError, ValueError) as e:
+            status = FAILED if fn(cfg) else OK
+        except (StitchError, ValueError, OmegaConfBaseException) as e:
             debugging = logging.getLogger().level <= logging.DEBUG
             if debugging and not isinstance(e, StitchError):  # keep the traceback of a plain ValueError
                 raise
             print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            if not _parallel_multirun():
+                sys.exit(BAD_CONFIG)
+            status = BAD_CONFIG
+        _note(status)
+        return status
 
     return wrapper
+
+
+class ExitStatus(Callback):
+    """Brings multirun job statuses back to the launching process through the sweep directory."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        for f in Path(config.hydra.sweep.dir).glob(f"**/{STATUS_FILE}"):  # a rerun into the same sweep dir
+            f.unlink()
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        status = job_return.return_value if job_return.status == JobStatus.COMPLETED else FAILED  # else: it raised
+        (Path(config.hydra.runtime.output_dir) / STATUS_FILE).write_text(f"{status}\n")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        for f in Path(config.hydra.sweep.dir).glob(f"**/{STATUS_FILE}"):
+            _note(int(f.read_text()))
+
+
+def main(entry: Callable[[], Any]) -> None:
+    """Run a ``hydra.main`` entry point and exit with the worst status of its jobs."""
+    try:
+        entry()
+    except SystemExit as e:
+        # Hydra reports its own errors (unknown key, bad override, missing config file) and exits 1
+        # while handling the exception, which therefore is the SystemExit's __context__
+        if e.code == 1 and isinstance(e.__context__, HydraException):
+            sys.exit(BAD_CONFIG)
+        raise
+    sys.exit(_worst)

@@ -2,8 +2,12 @@
 
 * accuracy of the stitched network, of model 2 and of model 1, relative accuracy
   (stitched / model 2);
-* cross-entropy of the stitched network to model 2's output distribution and the
-  agreement of their predictions;
+* cross-entropy of the stitched network to model 2's output distribution, H(p2, q) per
+  sample (``cross_entropy``, nats), and in paper 1's unit, the mean over samples *and
+  classes* of -p2 log q (``cross_entropy_paper1`` = H(p2, q) / C; BCE per attribute for
+  multi-label sets, where both are the same), and the agreement of their predictions;
+* paper 1's "no transformation" baseline where the shapes allow it: the same two
+  cross-entropies for model 1's activation fed to model 2 as it is (``identity_*``);
 * paper 2's DM "structural" score: mean over batches of ||S(A) - B||^2 / ||B||^2;
 * similarity indices between the stitched and model 2's representation (and the
   raw A and B), on the first ``samples`` images.
@@ -74,7 +78,8 @@ def evaluate(net: StitchedNetwork, source: FeatureSource, multilabel: bool, spli
     device = source.device
     n = 0
     sums = {k: torch.zeros((), dtype=torch.float64, device=device)
-            for k in ("stitched", "model1", "model2", "ce", "agree", "structural")}
+            for k in ("stitched", "model1", "model2", "ce", "ce_identity", "agree", "structural")}
+    identity_ok = None
     batches = 0
     keep_s, keep_a, keep_b = [], [], []
     kept = 0
@@ -85,6 +90,12 @@ def evaluate(net: StitchedNetwork, source: FeatureSource, multilabel: bool, spli
             a1 = batch.a if torch.is_autocast_enabled(device.type) else batch.a.float()
             logits1 = net.front.forward_from(a1, net.layer).float()
         z2, y, b = batch.z2.float(), batch.y, batch.b
+        if identity_ok is None:
+            identity_ok = tuple(batch.a.shape[1:]) == tuple(b.shape[1:])
+        if identity_ok:
+            with autocast(device, source.precision):
+                logits_id = net.head(batch.a if torch.is_autocast_enabled(device.type) else batch.a.float()).float()
+            sums["ce_identity"] += _soft_ce(logits_id, z2, multilabel).sum()
         sums["stitched"] += _correct(logits, y, multilabel).sum()
         sums["model1"] += _correct(logits1, y, multilabel).sum()
         sums["model2"] += _correct(z2, y, multilabel).sum()
@@ -102,11 +113,15 @@ def evaluate(net: StitchedNetwork, source: FeatureSource, multilabel: bool, spli
             keep_a.append(batch.a[:take].float().cpu())
             kept += take
     acc2 = float(sums["model2"] / n)
+    classes = 1 if multilabel else int(z2.shape[1])  # BCE is already a mean over attributes
     acc_s = float(sums["stitched"] / n)
     metrics: dict[str, float | None] = {
         "stitched_acc": acc_s, "model1_acc": float(sums["model1"] / n), "model2_acc": acc2,
         "relative_acc": acc_s / acc2 if acc2 > 0 else None,
-        "cross_entropy": float(sums["ce"] / n), "agreement": float(sums["agree"] / n),
+        "cross_entropy": float(sums["ce"] / n), "cross_entropy_paper1": float(sums["ce"] / n) / classes,
+        "identity_cross_entropy": float(sums["ce_identity"] / n) if identity_ok else None,
+        "identity_cross_entropy_paper1": float(sums["ce_identity"] / n) / classes if identity_ok else None,
+        "agreement": float(sums["agree"] / n),
         "dm_structural": float(sums["structural"] / batches), "eval_samples": n,
     }
     names = list(similarity_names)

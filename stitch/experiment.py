@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 
-from . import store
+from . import settings, store
 from .donors import datamodule_from_cfg, donor_key, hardware_name, train_donor
 from .errors import CheckpointError, ConfigError
 from .evaluation import evaluate
 from .features import ActivationCache, FeatureSource, resolve_cache_dtype, resolve_precision
 from .fileio import read_json, save_torch, write_json
-from .matching import KINDS, MatchingStatistics, solve
+from .matching import MatchingStatistics, solve
 from .matching.task_loss import linear_cka_torch, train_task_loss
 from .models import StitchableNetwork
 from .stitching import StitchedNetwork, build_stitching_layer, to_rows
@@ -36,7 +36,6 @@ from .version import code_version
 
 log = logging.getLogger(__name__)
 
-METHOD_KINDS = ("tlm", "dm")
 # keys of the config that do not change a run's result (excluded from its identity)
 _NON_SEMANTIC = {"tlm", "dm", "force", "results_dir", "store", "logger", "print_table", "device", "study", "layer",
                  "target_layer", "method", "donor", "cache", "batch_size", "save_stitch"}
@@ -50,17 +49,29 @@ def resolve_device(name: str) -> torch.device:
 
 # ------------------------------------------------------------------------ donors
 def get_donor(cfg: dict, which: str, device: torch.device) -> tuple[StitchableNetwork, dict, store.DonorKey]:
+    """Model ``which`` from the store: imported from ``<which>.weights`` or trained on demand when missing."""
     mcfg = cfg[which]
     key = donor_key(cfg["data"], mcfg, mcfg["seed"])
     if not store.exists(key, cfg["store"]):
-        if not cfg["donor"].get("train_missing", False):
+        if mcfg.get("weights"):  # a local state-dict file: import it once, then use it like any donor
+            from .store.importing import import_checkpoint
+
+            log.info("donor %s missing: importing %s", key, mcfg["weights"])
+            import_checkpoint(mcfg["weights"], data_cfg=cfg["data"], model_cfg=mcfg, name=str(mcfg["seed"]),
+                              store_root=cfg["store"], device=device)
+        elif key.imported:
+            raise CheckpointError(f"no donor {key} for {which} in the model store "
+                                  f"{store.store_root(cfg['store']).resolve()}; import it with:\n  "
+                                  f"{key.train_command(cfg['store'])}\n(or pass {which}.weights=<file>)")
+        elif not cfg["donor"].get("train_missing", False):
             raise CheckpointError(f"no trained donor {key} for {which} in the model store "
-                                  f"{store.store_root(cfg['store']).resolve()}; train it with:\n  {key.train_command()}"
-                                  f"\n(or run with donor.train_missing=true)")
-        log.info("donor %s missing: training it now (donor.train_missing=true)", key)
-        d = cfg["donor"]
-        train_donor(cfg["data"], mcfg, d["optim"], d["trainer"], d["epochs"], mcfg["seed"], cfg["store"],
-                    logger_cfg=None)
+                                  f"{store.store_root(cfg['store']).resolve()}; train it with:\n  "
+                                  f"{key.train_command(cfg['store'])}\n(or run with donor.train_missing=true)")
+        else:
+            log.info("donor %s missing: training it now (donor.train_missing=true)", key)
+            d = cfg["donor"]
+            train_donor(cfg["data"], mcfg, d["optim"], d["trainer"], d["epochs"], mcfg["seed"], cfg["store"],
+                        logger_cfg=None)
     net, meta = store.load(key, cfg["store"], device)
     if bool(meta.get("normalize", True)) != bool(cfg["data"].get("normalize", True)):
         raise ConfigError(f"donor {key} was trained with data.normalize={meta.get('normalize')} but this run uses "
@@ -76,21 +87,23 @@ def _as_list(v) -> list[str] | str | None:
 
 
 def layer_pairs(cfg: dict, m1: StitchableNetwork, m2: StitchableNetwork) -> list[tuple[str, str]]:
-    """Expand ``layer``/``target_layer`` ('all', a name, or a list of names) into (L, M) pairs."""
+    """Expand ``layer``/``target_layer`` into canonical (L, M) pairs.
+
+    Each is ``all`` (the family's default group, e.g. block outputs), ``every``, a group name
+    (Tiny-10 ``bn``: every pre-activation point), a layer name or alias, or a list of these.
+    """
     layer, target = _as_list(cfg["layer"]), _as_list(cfg.get("target_layer"))
-    sources = m1.layers if layer == "all" else ([layer] if isinstance(layer, str) else layer)
-    for L in sources:
-        m1.check_layer(L)
+    sources = m1.select_layers(layer)
     if target is None:
+        pairs = []
         for L in sources:
             if L not in m2.layers:
                 raise ConfigError(f"target_layer is unset, so the target is the source layer {L!r}, which model 2 "
                                   f"({m2.family}) does not have; pass target_layer=<name> or target_layer=all. "
                                   f"Model 2 layers: {', '.join(m2.layers)}")
-        return [(L, L) for L in sources]
-    targets = m2.layers if target == "all" else ([target] if isinstance(target, str) else target)
-    for M in targets:
-        m2.check_layer(M)
+            pairs.append((L, L))
+        return pairs
+    targets = m2.select_layers(target)
     return [(L, M) for L in sources for M in targets]
 
 
@@ -210,17 +223,12 @@ def fit_task_loss(ctx: PairContext, mcfg: dict, seed: int, multilabel: bool) -> 
 # ------------------------------------------------------------------------- study
 def run_study(cfg: dict) -> list[dict]:
     t0 = time.time()
+    settings.check_stitch(cfg)  # every typo at once, before data, donors or records
+    dm = datamodule_from_cfg(cfg["data"], augment=True)  # constructing it reads no data
+    settings.check_layers(cfg, dm.num_classes)
     device = resolve_device(cfg.get("device", "auto"))
     precision = resolve_precision(str(cfg.get("precision", "auto")), device)
-    methods = cfg.get("method") or {}
-    if not methods:
-        raise ConfigError("no method selected; use method=tlm, method=dm or method=[tlm,dm]")
-    for name, m in methods.items():
-        if m.get("kind") not in METHOD_KINDS:
-            raise ConfigError(f"method {name!r} has kind {m.get('kind')!r}; valid kinds: {', '.join(METHOD_KINDS)}")
-        if m["kind"] == "dm" and m.get("solver", "ls") not in KINDS:  # a typo fails before any run
-            raise ConfigError(f"unknown dm.solver {m.get('solver')!r}; valid solvers: {', '.join(KINDS)}")
-    dm = datamodule_from_cfg(cfg["data"], augment=True)
+    methods = cfg["method"]
     dm.setup()
     m1, meta1, key1 = get_donor(cfg, "model1", device)
     if store.DonorKey.make(cfg["data"]["name"], cfg["model2"]["name"], cfg["model2"]["seed"],

@@ -64,28 +64,18 @@ def collect_activations(model, dm, layers: Sequence[str], split: str = "train", 
     One forward per batch serves every layer (``forward_to`` the deepest, cutting as it goes).
     """
     model.eval()
-    for L in layers:
-        model.check_layer(L)
-    order = [L for L in model.layers if L in layers]
+    wanted = {model.check_layer(L) for L in layers}
+    order = [L for L in model.layers if L in wanted]
     acts: dict[str, list[torch.Tensor]] = {L: [] for L in order}
     ys = []
     for x, y in dm.batches(split, batch_size, device=device, limit=limit):
         h, prev = x, None
         for L in order:  # continue from the previous cut: forward_from-style chaining on the stages
-            h = _forward_between(model, h, prev, L)
+            h = model.forward_between(h, prev, L)
             acts[L].append((pool_activations(h, tokens) if pooled else h.float()).cpu())
             prev = L
         ys.append(y.cpu())
     return {L: torch.cat(v) for L, v in acts.items()}, torch.cat(ys)
-
-
-def _forward_between(model, h: torch.Tensor, start: str | None, end: str) -> torch.Tensor:
-    """Run the stages after ``start`` (None: from the input) up to and including ``end``."""
-    names = model._stage_names
-    i = 0 if start is None else names.index(start) + 1
-    for name in names[i:names.index(end) + 1]:
-        h = model._stage_mods[name](h)
-    return h
 
 
 # ------------------------------------------------------------------------ probes
@@ -124,7 +114,7 @@ def probe_layers(model, dm, layers: Sequence[str] | None = None, *, train_limit:
                  test_limit: int | None = None, device: torch.device | str = "cpu", tokens: str = "cls",
                  C: float = 1.0, max_iter: int = 500) -> dict[str, float]:
     """Linear-probe test accuracy of every layer of ``model`` (pooled activations)."""
-    layers = list(layers or model.layers)
+    layers = model.select_layers(list(layers) if layers else "all")
     tr, ytr = collect_activations(model, dm, layers, "train", train_limit, device, tokens=tokens)
     te, yte = collect_activations(model, dm, layers, "test", test_limit, device, tokens=tokens)
     return {L: linear_probe_accuracy(tr[L], ytr, te[L], yte, C=C, max_iter=max_iter) for L in layers}

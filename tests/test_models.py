@@ -39,8 +39,11 @@ def test_split_is_exact_at_every_layer(name, options, size):
 
 
 def test_resnet18_layer_names_and_spatial_sizes():
-    shapes = models.build("resnet18", 10).layer_shapes((3, 32, 32))
-    assert list(shapes) == [f"layer{s}.{b}" for s in range(1, 5) for b in range(2)]
+    net = models.build("resnet18", 10)
+    blocks = [f"layer{s}.{b}" for s in range(1, 5) for b in range(2)]
+    assert net.select_layers("all") == blocks
+    shapes = {L: s for L, s in net.layer_shapes((3, 32, 32)).items() if L in blocks}
+    assert list(shapes) == blocks
     assert [s[1] for s in shapes.values()] == [32, 32, 16, 16, 8, 8, 4, 4]
     assert [s[0] for s in shapes.values()] == [64, 64, 128, 128, 256, 256, 512, 512]
     same_size = models.build("resnet18", 10, variant="same_size").layer_shapes((3, 32, 32))
@@ -51,15 +54,18 @@ def test_resnet18_layer_names_and_spatial_sizes():
 
 def test_tiny10_paddings_match_the_references():
     unpadded = models.build("tiny10", 10, padding="none").layer_shapes((3, 32, 32))
-    assert [s[1] for s in unpadded.values()] == [30, 28, 13, 11, 9, 4, 2, 2]  # released stitching code
+    for group in ("conv", "bn", "relu"):  # the same geometry before and after BatchNorm and ReLU
+        assert [unpadded[f"{group}{i}"][1] for i in range(1, 9)] == [30, 28, 13, 11, 9, 4, 2, 2]  # released code
     padded = models.build("tiny10", 10).layer_shapes((3, 32, 32))
-    assert [s[1] for s in padded.values()] == [32, 32, 16, 16, 16, 8, 6, 6]  # all "same" but the 7th
-    assert [s[0] for s in padded.values()] == [16, 16, 32, 32, 32, 64, 64, 64]
+    relu = [padded[f"relu{i}"] for i in range(1, 9)]
+    assert [s[1] for s in relu] == [32, 32, 16, 16, 16, 8, 6, 6]  # all "same" but the 7th
+    assert [s[0] for s in relu] == [16, 16, 32, 32, 32, 64, 64, 64]
 
 
 def test_resnet20_width_multiplier_scales_channels():
     assert models.build("resnet20", 10, width=2).layer_shapes((3, 32, 32))["layer3.2"] == (128, 8, 8)
-    assert len(models.build("resnet20", 10).layers) == 9
+    net = models.build("resnet20", 10)
+    assert len(net.select_layers("all")) == 9 and len(net.layers) == 9 + 9 + 3
 
 
 def test_vit_layers_are_the_residual_stream():
@@ -78,7 +84,8 @@ def test_inception_layers():
 
 def test_unknown_layer_lists_valid_layers():
     net = models.build("tiny10", 10)
-    with pytest.raises(models.UnknownLayerError, match="valid layers are: layer1, layer2.*layer8"):
+    with pytest.raises(models.UnknownLayerError,
+                       match="valid layers are: relu: relu1, relu2.*relu8; bn: bn1.*bn8; conv: conv1.*aliases: layer1=relu1"):
         net.forward_to(torch.zeros(1, 3, 32, 32), "conv9")
 
 

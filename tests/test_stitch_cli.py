@@ -63,7 +63,7 @@ def test_multirun_over_all_layers_and_methods(tmp_path, donor_store):
     assert r.returncode == 0, r.stderr[-3000:]
     recs = _records(tmp_path / "res")
     assert sorted((x["layer"], x["method"]) for x in recs) == sorted(
-        (f"layer{i}", m) for i in range(1, 9) for m in ("tlm", "dm"))
+        (f"relu{i}", m) for i in range(1, 9) for m in ("tlm", "dm"))  # layer=all: the post-ReLU points
     assert all(x["layer"] == x["target_layer"] for x in recs)
 
 
@@ -77,9 +77,9 @@ def test_full_matrix_with_target_layer_all(tmp_path, donor_store):
 
 
 def test_clear_errors(tmp_path, donor_store):
-    r = _stitch(tmp_path, donor_store, "layer=conv3", "method=dm")
+    r = _stitch(tmp_path, donor_store, "layer=conv33", "method=dm")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "unknown layer 'conv3'" in r.stderr and "layer1, layer2, layer3" in r.stderr
+    assert "unknown layer 'conv33'" in r.stderr and "relu: relu1, relu2, relu3" in r.stderr
     r = _stitch(tmp_path, donor_store, "layer=layer2", "method=dm", "dm.solver=qr")
     assert r.returncode == 2 and "unknown dm.solver 'qr'; valid solvers: ls, procrustes, rank, lasso" in r.stderr
     r = _stitch(tmp_path, donor_store, "layer=layer2", "method=dm", "model2.seed=7", "donor.train_missing=false")
@@ -87,9 +87,11 @@ def test_clear_errors(tmp_path, donor_store):
     # another architecture whose layers cannot be joined: an untrained ViT donor is enough to check
     from stitch import models, store
 
-    key = store.DonorKey.make("synthetic", "vit_tiny", 1, {"img_size": 32, "patch_size": 4})
-    store.save(key, models.build("vit_tiny", 10, img_size=32, patch_size=4),
-               {"num_classes": 10, "in_channels": 3, "normalize": False, "metrics": {"test_acc": 0.1}}, donor_store)
-    r = _stitch(tmp_path, donor_store, "layer=layer2", "method=dm", "model@model2=vit_tiny_32", "target_layer=blocks.1")
-    assert r.returncode == 2 and "incompatible layers" in r.stderr
+    for seed, patch in ((1, 4), (2, 8)):  # 65 and 17 tokens
+        key = store.DonorKey.make("synthetic", "vit_tiny", seed, {"img_size": 32, "patch_size": patch})
+        store.save(key, models.build("vit_tiny", 10, img_size=32, patch_size=patch),
+                   {"num_classes": 10, "in_channels": 3, "normalize": False, "metrics": {"test_acc": 0.1}}, donor_store)
+    r = _stitch(tmp_path, donor_store, "layer=blocks.1", "method=dm", "model@model1=vit_tiny_32", "model1.seed=1",
+                "model@model2=vit_tiny_32", "model2.seed=2", "model2.options.patch_size=8")
+    assert r.returncode == 2 and "different lengths: 65 -> 17 tokens" in r.stderr
     assert not (tmp_path / "res" / "records").exists()  # rejected before any run

@@ -128,7 +128,7 @@ def test_stitching_layer_kinds():
     low.set_affine(W, torch.zeros(16))
     assert torch.linalg.matrix_rank(low.matrix.detach()) == 4
     with pytest.raises(ConfigError, match="incompatible layers"):
-        build_stitching_layer((16, 8, 8), (65, 192))
+        build_stitching_layer((16, 8, 8), (66, 192))  # 66 tokens: neither a square grid nor one plus CLS
     with pytest.raises(ConfigError, match="different lengths"):
         build_stitching_layer((65, 192), (17, 192))
     with pytest.raises(ConfigError, match="rank must be in 1..16"):

@@ -28,7 +28,18 @@ from ..stitching import StitchedNetwork
 
 
 class TrainingDiverged(StitchError):
-    """The task loss became NaN or infinite."""
+    """The task loss became NaN or infinite, or ended far above where it started."""
+
+
+# a run whose last epoch averages this many times its first step's loss, and more than a guess
+# (chance level), has blown up even if every loss stayed finite
+DIVERGED_FACTOR = 10.0
+
+
+def chance_loss(num_outputs: int, cfg: dict, multilabel: bool) -> float:
+    """The task loss of a uniform guess: log C (BCE per attribute: log 2), x T^2 for the soft loss."""
+    t2 = cfg.get("temperature", 1.0) ** 2 if cfg.get("loss", "hard") == "soft" else 1.0
+    return (math.log(2) if multilabel else math.log(num_outputs)) * t2
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor, temperature: float = 1.0,
@@ -86,9 +97,11 @@ def train_task_loss(net: StitchedNetwork, source: FeatureSource, cfg: dict[str, 
     torch.manual_seed(seed)
     net.train()
     step, start, loss_value = 0, time.time(), float("nan")
+    first_loss = None  # it and the epoch's loss sum stay on the device: reading them syncs the GPU
     if on_track is not None and track_every:
         history.append({"step": 0, **on_track(0, net)})
     for epoch in range(epochs):
+        epoch_sum, epoch_steps = 0.0, 0
         for batch in source.batches("train", shuffle=True, augment=augment, seed=seed * 100003 + epoch,
                                     batch_size=bs, need_target=need_target):
             for group in opt.param_groups:
@@ -105,6 +118,9 @@ def train_task_loss(net: StitchedNetwork, source: FeatureSource, cfg: dict[str, 
             if step % 50 == 0 and not torch.isfinite(loss):
                 raise TrainingDiverged(f"TLM loss became {loss.item()} at step {step} (epoch {epoch}); "
                                        f"try a lower method.lr or init=dm")
+            if first_loss is None:
+                first_loss = loss.detach()
+            epoch_sum, epoch_steps = epoch_sum + loss.detach(), epoch_steps + 1
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -116,5 +132,11 @@ def train_task_loss(net: StitchedNetwork, source: FeatureSource, cfg: dict[str, 
         loss_value = float(loss.detach()) if step else float("nan")
         if not math.isfinite(loss_value):
             raise TrainingDiverged(f"TLM loss became {loss_value} in epoch {epoch}; try a lower method.lr or init=dm")
+    if step:
+        final, begin = float(epoch_sum) / epoch_steps, float(first_loss)
+        chance = chance_loss(logits.shape[1], cfg, multilabel)
+        if not math.isfinite(final) or (final > DIVERGED_FACTOR * begin and final > chance):
+            raise TrainingDiverged(f"TLM loss diverged: the last epoch's mean loss is {final:.4g}, up from {begin:.4g} "
+                                   f"at the first step (chance level {chance:.3g}); try a lower method.lr or init=dm")
     net.eval()
     return {"steps": step, "final_loss": loss_value, "history": history, "seconds": time.time() - start}

@@ -11,6 +11,7 @@ import inspect
 from typing import Any, Callable
 
 from .base import StitchableNetwork, UnknownLayerError
+from .external import timm_model, torchvision_model
 from .inception_v1 import inception_v1
 from .resnet import resnet18, resnet20
 from .tiny10 import tiny10
@@ -25,7 +26,8 @@ def register(name: str, builder: Callable[..., StitchableNetwork]) -> None:
 
 
 for _name, _builder in [("tiny10", tiny10), ("resnet20", resnet20), ("resnet18", resnet18),
-                        ("inception_v1", inception_v1), ("vit_tiny", vit_tiny)]:
+                        ("inception_v1", inception_v1), ("vit_tiny", vit_tiny),
+                        ("torchvision", torchvision_model), ("timm", timm_model)]:  # any torchvision/timm classifier
     register(_name, _builder)
 
 

@@ -29,10 +29,18 @@ def main(argv: list[str] | None = None) -> None:
         options[k] = yaml.safe_load(v)
     net = build(args.model, num_classes=_CLASSES.get(args.data, 10), **options)
     shape = _INPUTS[args.data]
+    shapes = net.layer_shapes(shape)
     print(f"{args.model} {options or ''} on {args.data} {shape}:")
-    print(f"  {'layer':<12} {'activation shape':<20} {'values':>10}")
-    for layer, s in net.layer_shapes(shape).items():
-        print(f"  {layer:<12} {str(s):<20} {math.prod(s):>10}")
+    groups = net.layer_groups
+    for i, (group, names) in enumerate(groups.items()):
+        default = "  (layer=all)" if i == 0 else ""
+        print(f"  [{group}]{default}")
+        print(f"    {'layer':<16} {'activation shape':<20} {'values':>10}")
+        for layer in names:
+            print(f"    {layer:<16} {str(shapes[layer]):<20} {math.prod(shapes[layer]):>10}")
+    if net.layer_aliases:
+        print("  aliases: " + ", ".join(f"{a} = {c}" for a, c in net.layer_aliases.items()))
+    print("  select a group with layer=<group>, every point with layer=every")
 
 
 if __name__ == "__main__":

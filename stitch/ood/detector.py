@@ -350,7 +350,7 @@ def train_detector(model2: models.StitchableNetwork, layer: str, dm: ImageDataMo
                           f"classifier); {dm.name} is multi-label")
     device = torch.device(device)
     model2.eval()
-    model2.check_layer(layer)
+    layer = model2.check_layer(layer)
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)

@@ -30,8 +30,8 @@ class StitchedNetwork(nn.Module):
         self.front = freeze(front)
         self.back = freeze(back)
         if stitch is None:
-            src = front.layer_shapes(input_shape)[layer]
-            dst = back.layer_shapes(input_shape)[target_layer]
+            src = front.layer_shapes(input_shape)[self.layer]
+            dst = back.layer_shapes(input_shape)[self.target_layer]
             stitch = build_stitching_layer(src, dst, rank)
         self.stitch = stitch
 

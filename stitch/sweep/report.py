@@ -1,13 +1,14 @@
 """``sweep.py``: records -> tables -> figures (-> a W&B report run)."""
 from __future__ import annotations
 
+import glob
 import logging
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataNotFoundError
 from .collect import DEFAULT_SEED_KEYS, aggregate, collect, export
 from .figures import FIGURES, FigureContext, draw
 
@@ -46,7 +47,12 @@ def run_sweep(cfg: dict) -> int:
         return 0
     seed_keys = tuple(cfg["seed_keys"]) if cfg.get("seed_keys") is not None else DEFAULT_SEED_KEYS
     inputs = cfg.get("inputs") or ["results"]
-    coll = collect([inputs] if isinstance(inputs, str) else inputs, seed_keys)
+    inputs = [inputs] if isinstance(inputs, str) else inputs
+    # a mistyped directory is an error; a pattern that matches nothing only a warning (collect)
+    missing = [str(i) for i in inputs if not glob.has_magic(str(i)) and not Path(i).exists()]
+    if missing:
+        raise DataNotFoundError(f"inputs={inputs!r}: {', '.join(missing)} does not exist")
+    coll = collect(inputs, seed_keys)
     runs = coll.runs
     out = Path(cfg.get("out") or "figures/sweep")
     n_ok = int((runs["status"] == "ok").sum()) if len(runs) else 0

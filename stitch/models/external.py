@@ -1,0 +1,584 @@
+"""Any torchvision or timm classifier (or any ``nn.Module``) as a stitchable network.
+
+``TracedNetwork`` traces the wrapped module with ``torch.fx`` once and reads its cut
+points off the graph; nothing in the module is rewritten and no forward hook is used.
+
+Why dominators
+--------------
+A cut point ``L`` must carry *everything* the rest of the network needs:
+``forward_from(h, L)`` only gets the activation at ``L``. In graph terms, every path
+from the input to the output must pass through ``L``: ``L`` *dominates* the output.
+A residual block's output dominates, but the convolutions inside its branch do not
+(the shortcut bypasses them), nor does a tensor that is also used later through a skip
+connection. Nodes that do not depend on the input at all (parameters, constants,
+position tables) are not on any input-to-output path and are simply recomputed by
+whichever half needs them. The dominators of the output form one chain (the chain of
+immediate dominators), computed in a single pass over the graph's topological order.
+
+Default cut points are the outputs of the model's child modules, named by module path:
+pure containers (``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict``) are expanded
+into their elements (``layer1.0``, ``features.4``, ``blocks.3``, ``stages.1``), any other
+module is one unit (a residual block, an inception module, a patch embedding). Of those,
+only dominators are kept, and modules that are the identity at inference (``Identity``,
+``Dropout``) are skipped as mere repeats of the previous point. Container elements form
+the ``blocks`` group (the default, ``layer=all``), the model's own other children
+(stem, pooling, final norm) the ``top`` group. ``layers=[...]`` names cut points
+explicitly: module paths or fx node names (e.g. ``adaptive_avg_pool2d``), each checked to
+be a dominator.
+
+Exactness: ``forward_to``/``forward_between``/``forward_from`` run generated Python code
+for a slice of the traced graph, calling the live modules of the wrapped model in the
+original order, so ``forward_from(forward_to(x, L), L)`` equals ``forward(x)`` bit for bit
+(``forward`` calls the wrapped module itself). Code that ``torch.fx`` resolves at trace
+time (``if self.training:`` in a traced forward) is traced separately for train and eval.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import logging
+import operator
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import fx, nn
+
+from ..errors import ConfigError
+from .base import StitchableNetwork
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ExternalModelError", "TracedNetwork", "timm_model", "torchvision_model"]
+
+
+class ExternalModelError(ConfigError, ValueError):
+    """A torchvision/timm model that cannot be wrapped as asked (a ``ValueError``, and a ``ConfigError`` for the CLI)."""
+
+
+# pure containers: no forward logic of their own, so their elements are the natural units
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+# the identity at inference: a cut point after one only repeats the previous one
+_INFERENCE_IDENTITIES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                         nn.FeatureAlphaDropout)
+# Python operators that write into their first operand
+_INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.imatmul, operator.itruediv,
+                      operator.ifloordiv, operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor,
+                      operator.ilshift, operator.irshift, operator.setitem}
+_INPLACE_DUNDERS = {f"__i{op}__" for op in ("add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "pow",
+                                            "and", "or", "xor", "lshift", "rshift")} | {"__setitem__"}
+_TORCH_NN = ("torch.nn.", "torch.ao.nn.")
+
+
+# ---------------------------------------------------------------------------------- tracing
+class _Tracer(fx.Tracer):
+    """An fx tracer that records every module call's output node and where a failure happened.
+
+    ``leaves`` are extra module types kept as opaque calls (timm registers the ones its
+    layers need); ``opaque`` are module paths whose own forward could not be traced.
+    """
+
+    def __init__(self, leaves: tuple[type, ...], autowrap: tuple[Callable, ...], opaque: frozenset[str]):
+        super().__init__(autowrap_functions=autowrap)
+        self.leaves = leaves
+        self.opaque = opaque
+        self.outputs: dict[str, list[fx.Node | None]] = {}
+        self.failed_in: str | None = None  # innermost module whose forward raised ("" = the root's)
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.opaque or isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        name = self.path_of_module(m)
+        try:
+            out = super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:  # the innermost call sees the exception first
+                self.failed_in = name
+            raise
+        self.outputs.setdefault(name, []).append(out.node if isinstance(out, fx.Proxy) else None)
+        return out
+
+    def trace(self, root: nn.Module, concrete_args: dict | None = None) -> fx.Graph:
+        try:
+            return super().trace(root, concrete_args)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = ""  # raised by the root's own forward
+            raise
+
+
+def _leaf_types_and_autowraps() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
+    """timm's registry of modules/functions that fx must not trace into (empty without timm)."""
+    try:
+        from timm.layers import _fx as timm_fx
+    except ImportError:
+        return (), ()
+    return tuple(timm_fx.get_notrace_modules()), tuple(f for f in timm_fx.get_notrace_functions() if callable(f))
+
+
+def _concrete_args(model: nn.Module) -> dict[str, Any]:
+    """Pin every forward argument after the input to its default (``attn_mask=None``, ...).
+
+    Otherwise fx would trace them as proxies and take Python branches on them blindly.
+    """
+    params = list(inspect.signature(model.forward).parameters.values())
+    if not params:
+        raise ExternalModelError(f"{type(model).__name__}.forward takes no input")
+    out = {}
+    for p in params[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.default is p.empty:
+            raise ExternalModelError(f"{type(model).__name__}.forward needs more than one input ({p.name}); "
+                                     "a stitchable network takes a single tensor")
+        out[p.name] = p.default
+    return out
+
+
+@dataclass
+class _Trace:
+    """One traced graph of the wrapped model (in train or eval mode) and its cut-point analysis."""
+
+    graph: fx.Graph
+    nodes: list[fx.Node]                    # execution (topological) order
+    index: dict[fx.Node, int]
+    input: fx.Node                          # the image placeholder
+    output: fx.Node
+    constants: dict[fx.Node, Any]           # pinned forward arguments -> their values
+    module_outputs: dict[str, fx.Node]      # module path -> its output, for modules called exactly once
+    dominators: set[fx.Node]                # nodes every input-to-output path goes through
+    checks: list[fx.Node]                   # side-effect-free nodes nobody uses (asserts): run where computable
+    opaque: set[str] = field(default_factory=set)
+
+    def node_of(self, name: str) -> fx.Node | None:
+        """A module path (``layer1.0``) or an fx node name (``adaptive_avg_pool2d``)."""
+        if name in self.module_outputs:
+            return self.module_outputs[name]
+        return next((n for n in self.nodes if n.name == name and n.op != "output"), None)
+
+    def valid_names(self) -> list[str]:
+        """Every name that denotes a cut point: module paths first, else the fx node name."""
+        named = [(self.index[n], k) for k, n in self.module_outputs.items() if n in self.dominators]
+        covered = {self.module_outputs[k] for _, k in named}
+        named += [(self.index[n], n.name) for n in self.dominators if n not in covered]
+        return [k for _, k in sorted(named, key=lambda t: t[0])]
+
+
+def _trace(model: nn.Module, label: str) -> _Trace:
+    """Trace ``model`` in its current train/eval mode.
+
+    A submodule whose own forward cannot be traced (Python control flow on tensor values,
+    ...) is retried as one opaque call: it stays exact, it just cannot be cut inside.
+    Only a failure in the model's own forward is fatal.
+    """
+    leaves, autowrap = _leaf_types_and_autowraps()
+    concrete = _concrete_args(model)
+    opaque: set[str] = set()
+    while True:
+        tracer = _Tracer(leaves, autowrap, frozenset(opaque))
+        try:
+            graph = tracer.trace(model, concrete_args=concrete)
+            break
+        except ExternalModelError:
+            raise
+        except Exception as e:  # fx raises TraceError, TypeError, AttributeError, ... depending on the code
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            where = tracer.failed_in
+            if where and where not in opaque:
+                log.warning("%s: %s.forward cannot be traced by torch.fx (%s); calling it as one opaque module",
+                            label, where, first)
+                opaque.add(where)
+                continue
+            made_opaque = f" (already called as opaque modules: {', '.join(sorted(opaque))})" if opaque else ""
+            raise ExternalModelError(
+                f"{label} could not be traced by torch.fx: {type(e).__name__}: {first}. The failure is in the "
+                f"model's own forward(){made_opaque}, which fx must trace to find any cut point, so passing "
+                f"model.options.layers=[...] with module names cannot help for this model either; wrap it in a "
+                f"module whose forward is traceable (tensor-valued control flow moved into a submodule)") from e
+    nodes = list(graph.nodes)
+    index = {n: i for i, n in enumerate(nodes)}
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    output = next(n for n in nodes if n.op == "output")
+    source = placeholders[0]
+    constants = dict(zip(placeholders[1:], concrete.values()))
+    mutating_dead = [n for n in nodes if not n.users and n.op not in ("output", "placeholder")
+                     and _may_mutate(n, model)]
+    checks = [n for n in nodes if not n.users and n.op not in ("output", "placeholder") and n not in mutating_dead]
+    dominators = _dominators(nodes, index, source, output, mutating_dead)
+    if dominators is None:
+        raise ExternalModelError(f"{label}: the traced output does not depend on the input")
+    module_outputs = {k: v[0] for k, v in tracer.outputs.items() if len(v) == 1 and v[0] is not None}
+    return _Trace(graph, nodes, index, source, output, constants, module_outputs, dominators, checks, opaque)
+
+
+def _dominators(nodes: list[fx.Node], index: dict[fx.Node, int], source: fx.Node, output: fx.Node,
+                sinks: Iterable[fx.Node]) -> set[fx.Node] | None:
+    """The nodes (other than input and output) on every path from ``source`` to ``output``.
+
+    Immediate dominators in one pass over the topological order (the graph is a DAG, so
+    every predecessor is final when a node is reached): a node's immediate dominator is
+    the nearest common dominator of its input-dependent predecessors. ``sinks`` are
+    unused in-place writes: they count as feeding the output (their effect is needed).
+    """
+    sinks = list(sinks)
+    idom: dict[fx.Node, fx.Node] = {source: source}
+
+    def common(a: fx.Node, b: fx.Node) -> fx.Node:
+        while a is not b:  # a dominator always comes earlier in the order: walk the later one up
+            if index[a] > index[b]:
+                a = idom[a]
+            else:
+                b = idom[b]
+        return a
+
+    for n in nodes[index[source] + 1:]:
+        preds = list(n.all_input_nodes) + (sinks if n is output else [])
+        preds = [p for p in preds if p in idom]  # only input-dependent nodes are in idom
+        if not preds:
+            continue
+        d = preds[0]
+        for p in preds[1:]:
+            d = common(d, p)
+        idom[n] = d
+    if output not in idom:
+        return None
+    chain, d = set(), idom[output]
+    while d is not source:
+        chain.add(d)
+        d = idom[d]
+    return chain
+
+
+def _may_mutate(node: fx.Node, model: nn.Module) -> bool:
+    """Whether ``node`` may write into one of its inputs (conservative for opaque modules)."""
+    if node.op == "call_module":
+        m = model.get_submodule(node.target)
+        if any(getattr(s, "inplace", False) is True for s in m.modules()):
+            return True
+        # torch.nn modules only write in place through their ``inplace`` flag; other leaves are opaque
+        return not type(m).__module__.startswith(_TORCH_NN)
+    if node.op == "call_method":
+        name = node.target
+    elif node.op == "call_function":
+        if node.target in _INPLACE_OPERATORS:
+            return True
+        name = getattr(node.target, "__name__", "")
+    else:
+        return False
+    if (name.endswith("_") and not name.endswith("__")) or name in _INPLACE_DUNDERS:
+        return True  # relu_, add_, masked_fill_, ...
+    if node.kwargs.get("inplace") is True or "out" in node.kwargs:
+        return True
+    if node.op == "call_function":  # a positional flag, e.g. F.relu(x, True)
+        try:
+            bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+        except (TypeError, ValueError):  # builtins without a signature
+            return False
+        return bound.arguments.get("inplace") is True
+    return False
+
+
+def _closure(roots: Iterable[fx.Node], stop: fx.Node | None) -> set[fx.Node]:
+    """``roots`` and every node they depend on, not looking past ``stop``."""
+    seen: set[fx.Node] = set()
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        if n in seen or n is stop:
+            continue
+        seen.add(n)
+        stack.extend(n.all_input_nodes)
+    return seen
+
+
+# ---------------------------------------------------------------------------------- wrapper
+# nn.Module's registries: sharing them makes the wrapper's parameters, buffers, children and
+# state-dict keys exactly the wrapped model's (``conv1.weight``), and keeps both in sync
+# under ``.to()``, ``load_state_dict(assign=True)`` or a replaced submodule.
+_SHARED_REGISTRIES = ("_parameters", "_buffers", "_non_persistent_buffers_set", "_modules")
+
+
+class TracedNetwork(StitchableNetwork):
+    """A stitchable view of any single-input ``nn.Module`` (see the module docstring).
+
+    ``state_dict()`` has the wrapped model's own keys, so its checkpoints load directly.
+    ``layers``: explicit cut points (module paths or fx node names) instead of the
+    discovered ones; each must dominate the output.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str] | str | None = None, family: str = ""):
+        super().__init__()
+        for attr in _SHARED_REGISTRIES:
+            object.__setattr__(self, attr, getattr(model, attr))
+        object.__setattr__(self, "_model", model)  # not registered: its children already are, under their own names
+        self.training = model.training
+        self.family = family or type(model).__name__
+        self._traces: dict[bool, _Trace] = {}
+        self._fns: dict[tuple, Callable] = {}
+        # cut points are chosen on the inference graph
+        was_training = model.training
+        model.train(False)
+        try:
+            trace = self._traces[False] = _trace(model, self.family)
+        finally:
+            model.train(was_training)
+        if layers is None:
+            names, groups = self._discover(trace)
+        else:
+            names = self._check_explicit([layers] if isinstance(layers, str) else [str(n) for n in layers], trace)
+            groups = {"layers": names}
+        self._set_cut_points(names, groups)
+
+    @property
+    def wrapped(self) -> nn.Module:
+        """The torchvision/timm module itself (its parameters are this network's)."""
+        return self._model
+
+    def extra_repr(self) -> str:
+        return f"family={self.family!r}, layers={len(self._layers)}"
+
+    # ------------------------------------------------------------------ cut points
+    def _discover(self, trace: _Trace) -> tuple[list[str], dict[str, list[str]]]:
+        """Child-module outputs that dominate the output, in forward order (see the module docstring)."""
+        found: list[tuple[str, bool]] = []  # (module path, inside a container)
+
+        def visit(prefix: str, module: nn.Module, in_container: bool) -> None:
+            for name, child in module.named_children():
+                path = prefix + name
+                if type(child) in _CONTAINERS:  # exact type: Conv2dNormActivation subclasses Sequential
+                    visit(path + ".", child, True)
+                elif not isinstance(child, _INFERENCE_IDENTITIES):
+                    node = trace.module_outputs.get(path)
+                    if node in trace.dominators:
+                        found.append((path, in_container))
+
+        visit("", self._model, False)
+        logits = trace.output.args[0]  # a cut after the logits would be pointless
+        order = sorted(range(len(found)), key=lambda i: trace.index[trace.module_outputs[found[i][0]]])
+        names, blocks, seen = [], [], set()
+        for i in order:
+            path, in_container = found[i]
+            node = trace.module_outputs[path]
+            if node in seen or node is logits:  # two names for one tensor: keep the first
+                continue
+            seen.add(node)
+            names.append(path)
+            if in_container:
+                blocks.append(path)
+        if not names:
+            valid = trace.valid_names()
+            hint = (f"pass model.options.layers=[...] with some of these fx node names or module paths: "
+                    f"{', '.join(valid)}" if valid else "no node of its graph does (e.g. the input's shape is used "
+                    "near the output), so it cannot be cut")
+            raise ExternalModelError(f"{self.family}: no child module's output is passed through by every path from "
+                                     f"the input to the output; {hint}")
+        top = [n for n in names if n not in blocks]
+        groups = {"blocks": blocks, "top": top} if blocks else {"top": top}
+        return names, {g: m for g, m in groups.items() if m}
+
+    def _check_explicit(self, names: list[str], trace: _Trace) -> list[str]:
+        unknown = [n for n in names if trace.node_of(n) is None]
+        bypassed = [n for n in names if n not in unknown and trace.node_of(n) not in trace.dominators]
+        if unknown or bypassed or not names:
+            problems = []
+            if bypassed:
+                problems.append(f"{bypassed} {'is not a cut point' if len(bypassed) == 1 else 'are not cut points'}: "
+                                "some path from the input to the output bypasses it (a residual shortcut or "
+                                "another branch), so the rest of the network needs more than its activation")
+            if unknown:
+                problems.append(f"{unknown} {'is' if len(unknown) == 1 else 'are'} neither a module called once in "
+                                "forward nor an fx node name")
+            if not names:
+                problems.append("the list is empty")
+            raise ExternalModelError(f"model.options.layers for {self.family}: {'; '.join(problems)}. Valid cut "
+                                     f"points: {', '.join(trace.valid_names())}")
+        return sorted(dict.fromkeys(names), key=lambda n: trace.index[trace.node_of(n)])  # forward order
+
+    def _set_cut_points(self, names: list[str], groups: dict[str, list[str]]) -> None:
+        # the bookkeeping StitchableNetwork's check_layer / select_layers / layer_groups read
+        self._layers = list(names)
+        self._stage_index = {n: i for i, n in enumerate(names)}
+        self._groups = groups
+        self._default_group = next(iter(groups))
+        self._aliases = {}
+
+    def _trace_for(self, training: bool) -> _Trace:
+        """The graph for the current mode; the train-mode one is traced on first use."""
+        trace = self._traces.get(training)
+        if trace is None:
+            trace = _trace(self._model, self.family)
+            missing = [n for n in self._layers if trace.node_of(n) not in trace.dominators]
+            if missing:
+                raise ExternalModelError(
+                    f"{self.family}: cut point(s) {missing} exist in eval mode but not in the "
+                    f"{'train' if training else 'eval'}-mode graph (its forward branches on self.training); "
+                    f"call .eval() before cutting it, or pick other layers")
+            self._traces[training] = trace
+        return trace
+
+    # ------------------------------------------------------------------ compiled graph slices
+    def _compile(self, trace: _Trace, source: fx.Node | None, result: Any, label: str) -> Callable:
+        """Python code computing ``result`` (nodes) from the input, or from the value of ``source``.
+
+        Runs the nodes ``result`` needs (input-independent ones included) in the traced
+        order, plus the unused checks (asserts) it can compute. When the slice may write in
+        place (``ReLU(inplace=True)`` right after the cut) it works on a copy of ``source``:
+        the caller's activation must stay intact.
+        """
+        roots: list[fx.Node] = []
+        fx.node.map_arg(result, roots.append)
+        keep = _closure(roots, source)
+        if source is None:
+            keep.add(trace.input)
+        elif trace.input in keep:
+            raise AssertionError(f"{source.name} is not a cut point")  # excluded by the dominator check
+        lo = -1 if source is None else trace.index[source]
+        hi = max(trace.index[r] for r in roots) if roots else lo
+        for check in trace.checks:
+            if lo < trace.index[check] < hi:
+                needed = _closure([check], source)
+                if source is None or trace.input not in needed:
+                    keep |= needed
+        graph = fx.Graph()
+        env: dict[fx.Node, Any] = dict(trace.constants)  # pinned arguments become literals
+        if source is not None:
+            h = graph.placeholder("h")
+            if any(_may_mutate(n, self._model) for n in keep):
+                h = graph.call_method("clone", (h,))
+            env[source] = h
+        for n in trace.nodes:
+            if n in keep and n not in env:
+                env[n] = graph.node_copy(n, env.__getitem__)
+        graph.output(fx.node.map_arg(result, env.__getitem__))
+        code = graph.python_code(root_module="self")
+        namespace = dict(code.globals)
+        exec(compile(code.src, f"<{self.family} {label}>", "exec"), namespace)
+        return namespace["forward"]  # forward(self, x_or_h), called with the live wrapped model as self
+
+    def _slice(self, start: str | None, end: str | None) -> Callable:
+        key = (self.training, start, end)
+        fn = self._fns.get(key)
+        if fn is None:
+            trace = self._trace_for(self.training)
+            source = None if start is None else trace.node_of(start)
+            result = trace.output.args[0] if end is None else trace.node_of(end)
+            if start is not None and end is not None and trace.index[source] >= trace.index[result]:
+                raise ValueError(f"layer {end!r} does not come after {start!r} in {self.family}")
+            fn = self._fns[key] = self._compile(trace, source, result, f"{start or 'input'} -> {end or 'output'}")
+        return fn
+
+    # ------------------------------------------------------------------ interface
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._model(x)
+
+    def forward_to(self, x: torch.Tensor, layer: str) -> torch.Tensor:
+        """Representation map R_L: the activation at (after) ``layer``."""
+        return self._slice(None, self.check_layer(layer))(self._model, x)
+
+    def forward_between(self, h: torch.Tensor, start: str | None, end: str) -> torch.Tensor:
+        """Run from the activation at ``start`` (None: the input) up to ``end``."""
+        end = self.check_layer(end)
+        start = None if start is None else self.check_layer(start)
+        if start == end:
+            return h
+        return self._slice(start, end)(self._model, h)
+
+    def forward_from(self, h: torch.Tensor, layer: str) -> torch.Tensor:
+        """Task map T_L: the logits given the activation at ``layer``."""
+        return self._slice(self.check_layer(layer), None)(self._model, h)
+
+    @torch.no_grad()
+    def layer_shapes(self, input_shape: tuple[int, ...]) -> "OrderedDict[str, tuple[int, ...]]":
+        """Activation shape (without batch dim) of every cut point for ``input_shape`` (C, H, W): one forward."""
+        was_training = self.training
+        self.eval()
+        try:
+            fn = self._fns.get("shapes")
+            if fn is None:
+                trace = self._trace_for(False)
+                fn = self._fns["shapes"] = self._compile(trace, None, tuple(trace.node_of(n) for n in self._layers),
+                                                         "layer shapes")
+            p = next(self._model.parameters(), None)
+            x = torch.zeros(1, *input_shape, device=p.device if p is not None else None)
+            values = fn(self._model, x)
+            return OrderedDict((n, tuple(v.shape[1:])) for n, v in zip(self._layers, values))
+        finally:
+            self.train(was_training)
+
+    # ------------------------------------------------------------------ nn.Module plumbing
+    def train(self, mode: bool = True) -> "TracedNetwork":
+        super().train(mode)  # this wrapper and the (shared) children
+        self._model.training = mode  # the wrapped module's own flag: its forward may read it
+        return self
+
+    def __getstate__(self) -> dict:
+        # generated code cannot be pickled or deep-copied: it is rebuilt on first use
+        state = dict(self.__dict__)
+        state["_traces"], state["_fns"] = {}, {}
+        return state
+
+
+# ---------------------------------------------------------------------------------- builders
+# torchvision models whose default build returns auxiliary logits in training (and warns
+# about its init): the main classifier only, PyTorch's default init.
+_TORCHVISION_KWARGS = {"googlenet": {"aux_logits": False, "init_weights": False},
+                       "inception_v3": {"aux_logits": False, "init_weights": False}}
+
+
+def _unknown_arch(library: str, arch: str, known: list[str], how: str) -> ExternalModelError:
+    close = difflib.get_close_matches(arch, known, n=5)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return ExternalModelError(f"unknown {library} architecture {arch!r}{hint}; list the valid names with {how}")
+
+
+def _as_layers(layers: Any) -> list[str] | None:
+    if layers is None:
+        return None
+    return [layers] if isinstance(layers, str) else [str(n) for n in layers]  # a Hydra ListConfig too
+
+
+def _build_with_size(build: Callable[..., nn.Module], size_arg: str, img_size: int | None, label: str) -> nn.Module:
+    """Pass the image size only to models that take it (a ViT); other models accept any input size."""
+    if not img_size:
+        return build()
+    try:
+        return build(**{size_arg: img_size})
+    except TypeError as e:
+        if size_arg not in str(e):
+            raise
+        log.warning("%s takes no %s (it accepts any input size it supports); img_size=%s is ignored",
+                    label, size_arg, img_size)
+        return build()
+
+
+def torchvision_model(num_classes: int = 1000, in_channels: int = 3, arch: str = "resnet18",
+                      layers: Sequence[str] | None = None, img_size: int | None = None) -> TracedNetwork:
+    """A torchvision classification model with random weights (``torchvision.models.get_model``)."""
+    import torchvision.models as tvm
+
+    known = tvm.list_models(module=tvm)  # classification models only
+    if arch not in known:
+        raise _unknown_arch("torchvision", arch, known, "torchvision.models.list_models(module=torchvision.models)")
+    if in_channels != 3:
+        raise ExternalModelError(f"torchvision models take 3-channel images, not {in_channels}; "
+                                 "use model=timm (its in_chans option) for other inputs")
+    family = f"torchvision:{arch}"
+    extra = _TORCHVISION_KWARGS.get(arch, {})
+    model = _build_with_size(lambda **kw: tvm.get_model(arch, weights=None, num_classes=num_classes, **extra, **kw),
+                             "image_size", img_size, family)
+    return TracedNetwork(model, layers=_as_layers(layers), family=family)
+
+
+def timm_model(num_classes: int = 1000, in_channels: int = 3, arch: str = "vit_tiny_patch16_224",
+               layers: Sequence[str] | None = None, img_size: int | None = None) -> TracedNetwork:
+    """A timm model with random weights (``timm.create_model(..., pretrained=False)``: nothing is downloaded)."""
+    import timm
+
+    if not timm.is_model(arch):
+        raise _unknown_arch("timm", arch, timm.list_models(), "timm.list_models() (wildcards: timm.list_models('vit*'))")
+    family = f"timm:{arch}"
+    model = _build_with_size(lambda **kw: timm.create_model(arch, pretrained=False, num_classes=num_classes,
+                                                            in_chans=in_channels, **kw), "img_size", img_size, family)
+    return TracedNetwork(model, layers=_as_layers(layers), family=family)

@@ -1,0 +1,140 @@
+"""The model store from the command line.
+
+    python -m stitch.store import FILE --preset drfrankenstein-tiny10 --data-root DIR [--name in0]
+    python -m stitch.store import FILE --data cifar10 --model resnet20 --option width=1 --name mine
+    python -m stitch.store list                     # every donor with its accuracy and origin
+    python -m stitch.store verify                   # re-check every donor's file hash
+
+Exit codes: 0 ok, 1 a check failed (verify), 2 bad input (missing file or data, mismatched keys).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from ..errors import StitchError
+from . import DonorKey, load, store_root
+from .importing import PRESETS, group_config, import_checkpoint, model_config
+
+
+def _kv(items: list[str], what: str) -> dict:
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise ValueError(f"{what} must look like KEY=VALUE, got {item!r}")
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def _import(args) -> int:
+    preset = PRESETS.get(args.preset or "", {})
+    if args.preset and not preset:
+        raise ValueError(f"unknown preset {args.preset!r}; valid: {', '.join(PRESETS)}")
+    data = args.data or preset.get("data")
+    model = args.model or preset.get("model")
+    if not data or not model:
+        raise ValueError("say which data set and model the checkpoint is for: --data and --model, or --preset "
+                         f"({', '.join(PRESETS)})")
+    data_cfg = group_config("data", data)
+    if args.data_root:
+        data_cfg["root"] = args.data_root
+    data_cfg.update(_kv(args.data_option, "--data-option"))
+    model_cfg = model_config(model, _kv(args.option, "--option"))
+    renames = [tuple(r.split("=", 1)) for r in args.rename]
+    if any(len(r) != 2 for r in renames):
+        raise ValueError("--rename must look like REGEX=REPLACEMENT")
+    device = args.device if args.device != "auto" else ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+    rc = 0
+    for file in args.files:
+        name = args.name or Path(file).expanduser().resolve().parent.name  # released layout: <name>/110000.pt
+        meta = import_checkpoint(file, data_cfg=data_cfg, model_cfg=model_cfg, name=name, store_root=args.store,
+                                 device=device, strip_prefix=args.strip_prefix, add_prefix=args.add_prefix,
+                                 renames=renames, force=args.force, evaluate=not args.no_eval)
+        acc = meta["metrics"].get("test_acc")
+        print(f"{meta['key']}: test accuracy {'n/a' if acc is None else f'{acc:.4f}'} "
+              f"(from {meta.get('provenance', {}).get('source', '?')}); use it with "
+              f"model@model1={model} model1.seed={meta['seed']}")
+    return rc
+
+
+def _donors(root: str | None):
+    for meta_file in sorted(store_root(root).glob("*/*/*/meta.json")):
+        yield meta_file
+
+
+def _list(args) -> int:
+    import json
+
+    print(f"{'donor':<48} {'test acc':>8}  origin")
+    for f in _donors(args.store):
+        m = json.loads(f.read_text())
+        acc = (m.get("metrics") or {}).get("test_acc")
+        origin = m.get("provenance", {}).get("source") or "trained here"
+        print(f"{m.get('key', str(f.parent)):<48} {'n/a' if acc is None else f'{acc:.4f}':>8}  {origin}")
+    return 0
+
+
+def _verify(args) -> int:
+    import json
+
+    bad = 0
+    for f in _donors(args.store):
+        m = json.loads(f.read_text())
+        key = DonorKey.make(m["data"], m["model"], m["seed"], m.get("options"))
+        try:
+            load(key, args.store)
+            print(f"ok      {key}")
+        except StitchError as e:
+            bad += 1
+            print(f"FAILED  {key}: {str(e).splitlines()[0]}")
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m stitch.store", description="The model store of donor networks.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--store", default=None, help="store root (default: $STITCH_STORE or models)")
+    sub = p.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="import state-dict file(s) as donors")
+    imp.add_argument("files", nargs="+", help="state-dict file(s) (torch.save of a dict of tensors)")
+    imp.add_argument("--preset", help="one of: " + ", ".join(f"{k} ({v['about']})" for k, v in PRESETS.items()))
+    imp.add_argument("--data", help="data set (conf/data/<name>.yaml)")
+    imp.add_argument("--data-root", help="where the data set is (data.root)")
+    imp.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE")
+    imp.add_argument("--model", help="conf/model entry (tiny10_unpadded) or a family name (resnet20)")
+    imp.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="model option")
+    imp.add_argument("--name", help="donor name used as model.seed (default: the file's folder, e.g. in0)")
+    imp.add_argument("--strip-prefix", action="append", default=[], metavar="PREFIX", help="e.g. module.")
+    imp.add_argument("--add-prefix", default="", metavar="PREFIX")
+    imp.add_argument("--rename", action="append", default=[], metavar="REGEX=REPL", help="regex key renaming")
+    imp.add_argument("--device", default="auto")
+    imp.add_argument("--no-eval", action="store_true", help="do not measure the test accuracy")
+    imp.add_argument("--force", action="store_true", help="re-import; accept a near-chance accuracy")
+    for name, fn in (("list", _list), ("verify", _verify)):
+        sub.add_parser(name, help=f"{name} the donors in the store").set_defaults(fn=fn)
+    imp.set_defaults(fn=_import)
+    for s in (p, *sub.choices.values()):
+        s.set_defaults(store_opt=None)
+    args, rest = p.parse_known_args(argv)
+    if rest:  # --store may also come after the sub-command
+        more = argparse.ArgumentParser(add_help=False)
+        more.add_argument("--store")
+        extra, rest = more.parse_known_args(rest, namespace=argparse.Namespace(store=args.store))
+        if rest:
+            p.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.store = extra.store
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return args.fn(args)
+    except (StitchError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Import a state-dict file (a paper's released checkpoint, a torchvision/timm file) into the store.
+
+The imported donor is then used by ``stitch.py`` exactly like a trained one
+(``model1.seed=<name>``). On import the file is read with ``weights_only=True``, keys are
+optionally renamed, the shapes are checked strictly (every missing, unexpected or misshapen key
+is named), the test accuracy is measured, and provenance (source file, its sha256, date) is
+kept in the metadata.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from omegaconf import OmegaConf
+
+from .. import models
+from ..errors import CheckpointError, ConfigError
+from ..fileio import sha256
+from . import DonorKey, exists, load_meta, load_state, match_state, sanity_floor, save
+
+log = logging.getLogger(__name__)
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+#: one command per released network of paper 1 (shared/data/released-drfrankenstein)
+PRESETS: dict[str, dict[str, Any]] = {
+    "drfrankenstein-tiny10": {"model": "tiny10_unpadded", "data": "cifar10",
+                              "about": "paper 1's released Tiny-10 (no padding, convs with bias)"},
+    "drfrankenstein-resnet20": {"model": "resnet20", "data": "cifar10",
+                                "about": "paper 1's released ResNet-20, width 1 (files saved on a GPU)"},
+}
+
+
+def group_config(group: str, name: str) -> dict:
+    """``conf/<group>/<name>.yaml`` as a plain dict (interpolations such as ``oc.env`` resolved)."""
+    path = CONF / group / f"{name}.yaml"
+    if not path.is_file():
+        valid = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+        raise ConfigError(f"unknown {group} config {name!r}; valid: {', '.join(valid)}")
+    cfg = OmegaConf.load(path)
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def model_config(name: str, options: dict | None = None) -> dict:
+    """A conf/model entry (``tiny10_unpadded``) or a bare family name (``resnet20``), plus option overrides."""
+    if (CONF / "model" / f"{name}.yaml").is_file():
+        cfg = group_config("model", name)
+    elif name in models.list_models():
+        cfg = {"name": name, "options": {}}
+    else:
+        valid = sorted({p.stem for p in (CONF / "model").glob("*.yaml")} | set(models.list_models()))
+        raise ConfigError(f"unknown model {name!r}; valid: {', '.join(valid)}")
+    cfg["options"] = {**(cfg.get("options") or {}), **(options or {})}
+    return cfg
+
+
+def rename_keys(state: dict, strip_prefix: Sequence[str] = (), add_prefix: str = "",
+                renames: Sequence[tuple[str, str]] = ()) -> dict:
+    """Strip any of ``strip_prefix`` (e.g. ``module.`` of DataParallel), apply regex renames, add a prefix."""
+    out = {}
+    for k, v in state.items():
+        for p in strip_prefix:
+            if k.startswith(p):
+                k = k[len(p):]
+                break
+        for pattern, repl in renames:
+            k = re.sub(pattern, repl, k)
+        k = add_prefix + k
+        if k in out:
+            raise CheckpointError(f"key renaming maps two keys to {k!r}; check --rename/--strip-prefix")
+        out[k] = v
+    return out
+
+
+def import_checkpoint(file: str | Path, *, data_cfg: dict, model_cfg: dict, name: str, store_root: str | Path,
+                      device: str | torch.device = "cpu", strip_prefix: Sequence[str] = (), add_prefix: str = "",
+                      renames: Sequence[tuple[str, str]] = (), force: bool = False, evaluate: bool = True,
+                      batch_size: int = 500) -> dict:
+    """Import one checkpoint as donor ``<data>/<model tag>/<name>``; returns its metadata."""
+    from ..donors import datamodule_from_cfg
+    from ..donors import evaluate as accuracy
+    from ..donors import hardware_name
+
+    file = Path(file).expanduser()
+    key = DonorKey.make(data_cfg["name"], model_cfg["name"], name, model_cfg.get("options"))
+    if exists(key, store_root) and not force:
+        meta = load_meta(key, store_root)
+        log.info("donor %s already in the store (imported from %s); --force re-imports", key,
+                 meta.get("provenance", {}).get("source"))
+        return meta
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint file {file} does not exist")
+    redo = "check the file, or the key renaming options (--strip-prefix, --add-prefix, --rename)"
+    state = rename_keys(load_state(file, redo), strip_prefix, add_prefix, renames)
+    device = torch.device(device)
+    dm = datamodule_from_cfg(data_cfg)  # a missing data set says where to put it, before any work is kept
+    dm.setup()
+    net = models.build(key.model, num_classes=dm.num_classes, in_channels=dm.input_shape[0],
+                       **dict(key.options))
+    match_state(net, state, file, redo)
+    net = net.to(device).eval()
+    metrics: dict[str, Any] = {"test_acc": None}
+    if evaluate:
+        t = time.time()
+        metrics = {"test_acc": accuracy(net, dm, "test", device, batch_size), "eval_seconds": time.time() - t}
+        floor = sanity_floor(dm.num_classes, dm.multilabel)
+        if metrics["test_acc"] < floor and not force:
+            raise CheckpointError(
+                f"{file} scores {metrics['test_acc']:.3f} test accuracy on {dm.name}, below the sanity floor "
+                f"{floor:.3f} (chance level): wrong architecture options, preprocessing (data.normalize) or key "
+                f"mapping? --force imports it anyway")
+    meta = {"num_classes": dm.num_classes, "in_channels": dm.input_shape[0], "input_shape": list(dm.input_shape),
+            "multilabel": dm.multilabel, "normalize": dm.normalize, "metrics": metrics,
+            "config": {"data": data_cfg, "model": model_cfg},
+            "provenance": {"kind": "imported", "source": str(file.resolve()), "source_sha256": sha256(file),
+                           "imported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                           "strip_prefix": list(strip_prefix), "add_prefix": add_prefix,
+                           "renames": [list(r) for r in renames]},
+            "hardware": hardware_name(device)}
+    path = save(key, net, meta, store_root)
+    log.info("imported %s -> %s (test acc %s)", file, path, metrics["test_acc"])
+    return load_meta(key, store_root)
