@@ -46,26 +46,48 @@ STORE ?= models
 LAUNCHER ?=
 ARGS ?=
 SWEEP_ARGS ?=
-FIG_STORE = $(if $(filter smoke,$(SCALE)),$(STORE)/smoke,$(STORE))
+# SCALE=released: paper 1's released networks and real CIFAR-10 from the workplace's shared data
+SHARED ?= ../shared/data
+RELEASED_DIR ?= $(SHARED)/released-drfrankenstein
+CIFAR10_JPEG ?= $(SHARED)/cifar10-jpeg
+FIG_STORE = $(if $(filter smoke,$(SCALE)),$(STORE)/smoke,$(if $(filter released,$(SCALE)),$(STORE)/released,$(STORE)))
+SCALE_ARGS = $(if $(filter released,$(SCALE)),data.root=$(CIFAR10_JPEG),)
+HAVE_RELEASED = $(filter 2,$(words $(wildcard $(RELEASED_DIR)/tiny10-cifar10 $(CIFAR10_JPEG)/test.npz)))
+SKIP = $(if $(filter released,$(SCALE)),$(if $(HAVE_RELEASED),,1),)
+SKIP_MESSAGE = skipped: SCALE=released needs paper 1's released networks in $(RELEASED_DIR) and CIFAR-10 \
+	(train.npz, test.npz) in $(CIFAR10_JPEG); set SHARED=<dir holding both> or RELEASED_DIR / CIFAR10_JPEG
 # smoke LMC ends are short TLM runs: keep pairs below paper 1's 80 % relative-accuracy cut
 LMC_ARGS = $(if $(filter smoke,$(SCALE)),lmc.min_relative_acc=0.3,)
 
-# $(call figure,<study>,<sweep figure>,<target>[,<sweep.py defaults>])
-define figure
+# $(call figure,<study>,<sweep figure>,<target>[,<sweep.py defaults>[,<extra stitch.py run>]])
+define figure_run
+	$(if $(filter released,$(SCALE)),$(MAKE) --no-print-directory released-donors STORE=$(STORE))
 	$(PY) stitch.py -m +experiment=$(1)_$(SCALE) results_dir=$(RESULTS)/$(1)_$(SCALE) store=$(FIG_STORE) \
-		$(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS)
+		$(SCALE_ARGS) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS)
+	$(if $(5),$(PY) stitch.py -m +experiment=$(1)_$(SCALE) results_dir=$(RESULTS)/$(1)_$(SCALE) store=$(FIG_STORE) \
+		$(SCALE_ARGS) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(5) $(ARGS))
 	$(PY) sweep.py inputs=[$(RESULTS)/$(1)_$(SCALE)] figures=[$(2)] out=$(FIGURES)/$(3)/$(SCALE) \
 		store=$(FIG_STORE) $(4) $(SWEEP_ARGS)
 endef
+figure = $(if $(SKIP),@echo "$(3): $(SKIP_MESSAGE)",$(figure_run))
+
+released-donors: $(STAMP)  ## import paper 1's released networks (shared data) into $(STORE)/released, once
+	@if [ -z "$(HAVE_RELEASED)" ]; then echo "released-donors: $(SKIP_MESSAGE)"; exit 0; fi; \
+	$(PY) -m stitch.store --store $(STORE)/released import $(RELEASED_DIR)/tiny10-cifar10/in*/110000.pt \
+		--preset drfrankenstein-tiny10 --data-root $(CIFAR10_JPEG) && \
+	$(PY) -m stitch.store --store $(STORE)/released import $(RELEASED_DIR)/resnet20-w1-cifar10/in*/110000.pt \
+		--preset drfrankenstein-resnet20 --data-root $(CIFAR10_JPEG)
 
 FIG_TARGETS := fig-p1-2 fig-p1-3 fig-p1-4 fig-p1-5 fig-p1-6 fig-p1-7 fig-p1-8 fig-p1-lmc \
 	fig-p2-1 fig-p2-2 fig-p2-3 fig-p2-4
-.PHONY: figures $(FIG_TARGETS)
+.PHONY: figures released-donors $(FIG_TARGETS)
 
 figures: $(FIG_TARGETS)  ## every paper figure below at SCALE=smoke|paper
 
+# SCALE=released: Tiny-10 at bn1..bn8 (the experiment), then ResNet-20 at its block outputs (3 TLM epochs)
+P1_FIG2_RESNET = $(if $(filter released,$(SCALE)),model@model1=resnet20 layer=all tlm.epochs=3,)
 fig-p1-2: $(STAMP)  ## paper 1 Fig. 2: relative accuracy + cross-entropy per layer, TLM vs least squares
-	$(call figure,p1_fig2,p1_fig2,fig-p1-2)
+	$(call figure,p1_fig2,p1_fig2,fig-p1-2,,$(P1_FIG2_RESNET))
 
 fig-p1-3: $(STAMP)  ## paper 1 Fig. 3: relative accuracy vs ResNet-20 width, per layer
 	$(call figure,p1_fig3,p1_fig3,fig-p1-3)

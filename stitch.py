@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from stitch import cli
-from stitch.experiment import format_table, run_study
+from stitch.settings import check_stitch
 
 log = logging.getLogger("stitch")
 
@@ -19,7 +19,11 @@ log = logging.getLogger("stitch")
 @hydra.main(config_path="conf", config_name="stitch", version_base="1.3")
 @cli.job
 def study(cfg: DictConfig) -> int:
-    records = run_study(cli.to_dict(cfg))
+    c = cli.to_dict(cfg)
+    check_stitch(c)  # run_study checks too; here a typo fails before the training stack loads (seconds)
+    from stitch.experiment import format_table, run_study
+
+    records = run_study(c)
     if cfg.print_table:
         print(format_table(records))
     failed = sum(r["status"] != "ok" for r in records)

@@ -8,7 +8,6 @@ import hydra
 from omegaconf import DictConfig
 
 from stitch import cli
-from stitch.donors import train_donor
 from stitch.settings import check_train
 
 
@@ -17,6 +16,8 @@ from stitch.settings import check_train
 def train(cfg: DictConfig) -> int:
     c = cli.to_dict(cfg)
     check_train(c)
+    from stitch.donors import train_donor  # after the check: a typo fails before Lightning loads (seconds)
+
     train_donor(c["data"], c["model"], c["optim"], c["trainer"], c["epochs"], c["seed"], c["store"], c["logger"],
                 force=c["force"])
     return 0  # failed runs: a failed training raises

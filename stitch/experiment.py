@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 # keys of the config that do not change a run's result (excluded from its identity)
 _NON_SEMANTIC = {"tlm", "dm", "force", "results_dir", "store", "logger", "print_table", "device", "study", "layer",
                  "target_layer", "method", "donor", "cache", "batch_size", "save_stitch"}
+# where things are read from, not what is computed: moving the data or the weights file keeps a run's identity
+_DATA_LOCATION = {"root", "download", "cache", "num_workers", "layout"}
+_MODEL_LOCATION = {"weights"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,7 +116,9 @@ def run_identity(cfg: dict, L: str, M: str, method: str) -> tuple[str, dict]:
     if not (cfg.get("ood") or {}).get("enabled"):
         semantic.pop("ood", None)  # detector settings only matter when OOD scores are computed
     semantic.update(layer=L, target_layer=M, method=method, method_config=cfg["method"][method],
-                    model1=cfg["model1"], model2=cfg["model2"])
+                    data={k: v for k, v in cfg["data"].items() if k not in _DATA_LOCATION},
+                    model1={k: v for k, v in cfg["model1"].items() if k not in _MODEL_LOCATION},
+                    model2={k: v for k, v in cfg["model2"].items() if k not in _MODEL_LOCATION})
     h = hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:10]
     tag = lambda m: store.DonorKey.make(cfg["data"]["name"], m["name"], m["seed"], m.get("options")).tag  # noqa
     slug = (f"{tag(cfg['model1'])}.s{cfg['model1']['seed']}.{L}--{tag(cfg['model2'])}.s{cfg['model2']['seed']}.{M}"

@@ -38,8 +38,43 @@ def test_missing_checkpoint_names_the_command_that_makes_it(tmp_path):
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     _save(tmp_path)
     (KEY.directory(tmp_path) / "model.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="corrupt or unsafe"):
+    with pytest.raises(CheckpointError, match="replaced or damaged after it was stored.*retrain with:\n  python "
+                                              "train_models.py data=synthetic model=tiny10 seed=3 store="):
         store.load(KEY, tmp_path)
+    # the same bytes read directly (an import) are refused as corrupt
+    with pytest.raises(CheckpointError, match="corrupt or unsafe"):
+        store.load_state(KEY.directory(tmp_path) / "model.pt", "redo")
+
+
+def test_swapped_checkpoint_is_refused_naming_both_hashes(tmp_path):
+    _save(tmp_path)
+    other = store.DonorKey.make("synthetic", "tiny10", seed=4)
+    torch.manual_seed(1)
+    _save(tmp_path, other)
+    meta = store.load_meta(KEY, tmp_path)
+    (KEY.directory(tmp_path) / "model.pt").write_bytes((other.directory(tmp_path) / "model.pt").read_bytes())
+    with pytest.raises(CheckpointError) as e:
+        store.load(KEY, tmp_path)
+    msg = str(e.value)
+    assert meta["sha256"][:16] in msg and store.load_meta(other, tmp_path)["sha256"][:16] in msg
+    assert f"store={tmp_path}" in msg
+
+
+def test_forced_retrain_that_crashes_leaves_the_old_donor_whole(tmp_path, monkeypatch):
+    old = _save(tmp_path)
+    meta = store.load_meta(KEY, tmp_path)
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt("killed between model.pt and meta.json")
+
+    monkeypatch.setattr(store, "write_json", crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.save(KEY, models.build("tiny10", 10), {"num_classes": 10, "metrics": {"test_acc": 0.9}}, tmp_path)
+    monkeypatch.undo()
+    net, meta2 = store.load(KEY, tmp_path)  # hash checked: the weights are the ones the metadata describes
+    assert meta2 == meta and all(torch.equal(a, b) for a, b in zip(net.state_dict().values(),
+                                                                   old.state_dict().values()))
+    assert [p.name for p in KEY.directory(tmp_path).parent.iterdir()] == ["seed3"]  # no temporary left behind
 
 
 class _Payload:
@@ -48,11 +83,15 @@ class _Payload:
 
 
 def test_pickled_code_is_never_executed(tmp_path, monkeypatch):
+    from stitch.fileio import read_json, sha256, write_json
+
     monkeypatch.chdir(tmp_path)
     _save(tmp_path)
     path = KEY.directory(tmp_path) / "model.pt"
     with open(path, "wb") as f:
         torch.save({"x": _Payload()}, f, pickle_module=pickle)
+    meta = read_json(KEY.directory(tmp_path) / "meta.json")  # even with a matching hash in the metadata
+    write_json(KEY.directory(tmp_path) / "meta.json", dict(meta, sha256=sha256(path)))
     with pytest.raises(CheckpointError, match="corrupt or unsafe"):
         store.load(KEY, tmp_path)
     assert not (tmp_path / "PWNED").exists()
@@ -60,9 +99,15 @@ def test_pickled_code_is_never_executed(tmp_path, monkeypatch):
 
 def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
     _save(tmp_path)
+    from stitch.fileio import read_json, sha256, write_json
+
     other = models.build("tiny10", 10, width=2)  # same keys, other shapes
-    torch.save(other.state_dict(), KEY.directory(tmp_path) / "model.pt")
-    with pytest.raises(CheckpointError, match="does not match model tiny10.*shape mismatch"):
+    path = KEY.directory(tmp_path) / "model.pt"
+    torch.save(other.state_dict(), path)
+    meta = read_json(KEY.directory(tmp_path) / "meta.json")
+    write_json(KEY.directory(tmp_path) / "meta.json", dict(meta, sha256=sha256(path)))
+    with pytest.raises(CheckpointError, match=r"does not match the model \(shape mismatches: conv1.weight "
+                                              r"\(32, 3, 3, 3\) != \(16, 3, 3, 3\)"):
         store.load(KEY, tmp_path)
 
 

@@ -90,9 +90,20 @@ class CIFAR10DataModule(ImageDataModule):
             f"  - the packed train.npz and test.npz.\n"
             f"  Or point data.root=<dir> at them.{hint}")
 
+    def _cache_file(self, layout: str) -> Path:
+        """Next to the data, or in the user's cache when the data directory is read-only (a shared copy)."""
+        # write bits, not os.access: root may write anywhere, but a directory laid out read-only is not ours
+        if os.access(self.root, os.W_OK) and self.root.stat().st_mode & 0o222:
+            return self.root / f"decoded-{layout}.pt"
+        import hashlib
+
+        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stitch" / f"cifar10-{digest}"
+        return base / f"decoded-{layout}.pt"
+
     def load(self):
         layout = self._detect()
-        cache = self.root / f"decoded-{layout}.pt"
+        cache = self._cache_file(layout)
         if self.cache and cache.is_file():
             blob = torch.load(cache, weights_only=True)
             return {k: (v["x"], v["y"]) for k, v in blob.items()}
@@ -112,8 +123,9 @@ class CIFAR10DataModule(ImageDataModule):
         else:
             raise DataNotFoundError(f"unknown CIFAR-10 layout {layout!r}; use auto, torchvision, folder or npz")
         if self.cache:
-            try:  # a read-only data directory only costs the cache
-                tmp = cache.with_suffix(".tmp")
+            try:  # an unwritable cache only costs time
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_suffix(f".tmp{os.getpid()}")
                 torch.save({k: {"x": x, "y": y} for k, (x, y) in out.items()}, tmp)
                 os.replace(tmp, cache)
             except OSError:

@@ -17,14 +17,18 @@ immediate dominators), computed in a single pass over the graph's topological or
 
 Default cut points are the outputs of the model's child modules, named by module path:
 pure containers (``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict``) are expanded
-into their elements (``layer1.0``, ``features.4``, ``blocks.3``, ``stages.1``), any other
-module is one unit (a residual block, an inception module, a patch embedding). Of those,
-only dominators are kept, and modules that are the identity at inference (``Identity``,
-``Dropout``) are skipped as mere repeats of the previous point. Container elements form
-the ``blocks`` group (the default, ``layer=all``), the model's own other children
-(stem, pooling, final norm) the ``top`` group. ``layers=[...]`` names cut points
-explicitly: module paths or fx node names (e.g. ``adaptive_avg_pool2d``), each checked to
-be a dominator.
+into their elements (``layer1.0``, ``features.4``, ``blocks.3``), any other module is one
+unit (a residual block, an inception module, a patch embedding), except that a unit
+wrapping a container of blocks (torchvision ViT's ``encoder``, a timm ConvNeXt stage) is
+opened the same way when that gives it two or more cut points (``encoder.layers.encoder_layer_3``,
+``stages.1.blocks.0``); this is decided per class, so blocks of one kind are all listed at
+the same depth. Of those outputs only dominators are kept, and modules that are the
+identity at inference (``Identity``, ``Dropout``) are skipped as mere repeats of the
+previous point. Container elements form the ``blocks`` group (the default, ``layer=all``),
+the other points (stem, pooling, final norm) the ``top`` group. ``layers=[...]`` names cut points
+explicitly: module paths, or names of functional nodes qualified by the module that runs
+them (``layer1.0.add``: a residual sum before its ReLU; ``adaptive_avg_pool2d``), each checked
+to be a dominator; an invalid name gets the list of valid ones.
 
 Exactness: ``forward_to``/``forward_between``/``forward_from`` run generated Python code
 for a slice of the traced graph, calling the live modules of the wrapped model in the
@@ -38,6 +42,7 @@ import difflib
 import inspect
 import logging
 import operator
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -54,7 +59,7 @@ __all__ = ["ExternalModelError", "TracedNetwork", "timm_model", "torchvision_mod
 
 
 class ExternalModelError(ConfigError, ValueError):
-    """A torchvision/timm model that cannot be wrapped as asked (a ``ValueError``, and a ``ConfigError`` for the CLI)."""
+    """A model that cannot be wrapped as asked (a ``ValueError``, and a ``ConfigError`` for the CLI)."""
 
 
 # pure containers: no forward logic of their own, so their elements are the natural units
@@ -73,10 +78,13 @@ _TORCH_NN = ("torch.nn.", "torch.ao.nn.")
 
 # ---------------------------------------------------------------------------------- tracing
 class _Tracer(fx.Tracer):
-    """An fx tracer that records every module call's output node and where a failure happened.
+    """An fx tracer that records every module call's output node, a readable name for every
+    node, and where a failure happened.
 
     ``leaves`` are extra module types kept as opaque calls (timm registers the ones its
     layers need); ``opaque`` are module paths whose own forward could not be traced.
+    Node names are qualified by the module whose forward created them (``layer1.0.add``,
+    not fx's graph-wide ``add_3``); a repeat in the same module gets ``_1``, ``_2``, ...
     """
 
     def __init__(self, leaves: tuple[type, ...], autowrap: tuple[Callable, ...], opaque: frozenset[str]):
@@ -84,21 +92,43 @@ class _Tracer(fx.Tracer):
         self.leaves = leaves
         self.opaque = opaque
         self.outputs: dict[str, list[fx.Node | None]] = {}
+        self.qualnames: dict[fx.Node, str] = {}
         self.failed_in: str | None = None  # innermost module whose forward raised ("" = the root's)
+        self._scope = ""
+        self._used: set[str] = set()
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return qualname in self.opaque or isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
 
     def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
         name = self.path_of_module(m)
+        outer, self._scope = self._scope, name
         try:
             out = super().call_module(m, forward, args, kwargs)
         except Exception:
             if self.failed_in is None:  # the innermost call sees the exception first
                 self.failed_in = name
             raise
+        finally:
+            self._scope = outer
         self.outputs.setdefault(name, []).append(out.node if isinstance(out, fx.Proxy) else None)
         return out
+
+    def create_proxy(self, *args: Any, **kwargs: Any) -> fx.Proxy:
+        proxy = super().create_proxy(*args, **kwargs)
+        node = proxy.node
+        if node.op == "call_module":
+            base = str(node.target)
+        else:
+            local = re.sub(r"_\d+$", "", node.name)  # drop fx's graph-wide counter
+            base = f"{self._scope}.{local}" if self._scope else local
+        name, k = base, 0
+        while name in self._used:
+            k += 1
+            name = f"{base}_{k}"
+        self._used.add(name)
+        self.qualnames[node] = name
+        return proxy
 
     def trace(self, root: nn.Module, concrete_args: dict | None = None) -> fx.Graph:
         try:
@@ -112,7 +142,7 @@ class _Tracer(fx.Tracer):
 def _leaf_types_and_autowraps() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
     """timm's registry of modules/functions that fx must not trace into (empty without timm)."""
     try:
-        from timm.layers import _fx as timm_fx
+        from timm.models import _features_fx as timm_fx  # the same registry in timm 0.9 and 1.x
     except ImportError:
         return (), ()
     return tuple(timm_fx.get_notrace_modules()), tuple(f for f in timm_fx.get_notrace_functions() if callable(f))
@@ -149,20 +179,26 @@ class _Trace:
     constants: dict[fx.Node, Any]           # pinned forward arguments -> their values
     module_outputs: dict[str, fx.Node]      # module path -> its output, for modules called exactly once
     dominators: set[fx.Node]                # nodes every input-to-output path goes through
-    checks: list[fx.Node]                   # side-effect-free nodes nobody uses (asserts): run where computable
+    dead_ends: list[fx.Node]                # nodes nobody uses (asserts, in-place writes): see _compile
+    qualnames: dict[fx.Node, str]           # node -> module-qualified name (``layer1.0.add``)
     opaque: set[str] = field(default_factory=set)
+    by_name: dict[str, fx.Node] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # fx's own names, then qualified names, then module paths: the later ones win a clash
+        self.by_name = {n.name: n for n in self.nodes if n.op != "output"}
+        self.by_name.update((q, n) for n, q in self.qualnames.items())
+        self.by_name.update(self.module_outputs)
 
     def node_of(self, name: str) -> fx.Node | None:
-        """A module path (``layer1.0``) or an fx node name (``adaptive_avg_pool2d``)."""
-        if name in self.module_outputs:
-            return self.module_outputs[name]
-        return next((n for n in self.nodes if n.name == name and n.op != "output"), None)
+        """A module path (``layer1.0``), a qualified node name (``layer1.0.add``) or fx's own node name."""
+        return self.by_name.get(name)
 
     def valid_names(self) -> list[str]:
-        """Every name that denotes a cut point: module paths first, else the fx node name."""
+        """Every name that denotes a cut point: module paths first, else the qualified node name."""
         named = [(self.index[n], k) for k, n in self.module_outputs.items() if n in self.dominators]
         covered = {self.module_outputs[k] for _, k in named}
-        named += [(self.index[n], n.name) for n in self.dominators if n not in covered]
+        named += [(self.index[n], self.qualnames.get(n, n.name)) for n in self.dominators if n not in covered]
         return [k for _, k in sorted(named, key=lambda t: t[0])]
 
 
@@ -203,26 +239,34 @@ def _trace(model: nn.Module, label: str) -> _Trace:
     output = next(n for n in nodes if n.op == "output")
     source = placeholders[0]
     constants = dict(zip(placeholders[1:], concrete.values()))
-    mutating_dead = [n for n in nodes if not n.users and n.op not in ("output", "placeholder")
-                     and _may_mutate(n, model)]
-    checks = [n for n in nodes if not n.users and n.op not in ("output", "placeholder") and n not in mutating_dead]
-    dominators = _dominators(nodes, index, source, output, mutating_dead)
+    dead_ends = [n for n in nodes if not n.users and n.op not in ("output", "placeholder")]
+    # An unused in-place write (``y.mul_(2)``) still has an effect: whoever reads the written
+    # tensor after it depends on it. An unused check (``torch._assert`` on the input's shape)
+    # has none, and must not count as a path (it would bypass every cut point).
+    after: dict[fx.Node, list[fx.Node]] = {}
+    for n in dead_ends:
+        target = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else None
+        if target is not None and _may_mutate(n, model):
+            for user in target.users:
+                if index[user] > index[n]:
+                    after.setdefault(user, []).append(n)
+    dominators = _dominators(nodes, index, source, output, after)
     if dominators is None:
         raise ExternalModelError(f"{label}: the traced output does not depend on the input")
     module_outputs = {k: v[0] for k, v in tracer.outputs.items() if len(v) == 1 and v[0] is not None}
-    return _Trace(graph, nodes, index, source, output, constants, module_outputs, dominators, checks, opaque)
+    return _Trace(graph, nodes, index, source, output, constants, module_outputs, dominators, dead_ends,
+                  tracer.qualnames, opaque)
 
 
 def _dominators(nodes: list[fx.Node], index: dict[fx.Node, int], source: fx.Node, output: fx.Node,
-                sinks: Iterable[fx.Node]) -> set[fx.Node] | None:
+                after: dict[fx.Node, list[fx.Node]]) -> set[fx.Node] | None:
     """The nodes (other than input and output) on every path from ``source`` to ``output``.
 
     Immediate dominators in one pass over the topological order (the graph is a DAG, so
     every predecessor is final when a node is reached): a node's immediate dominator is
-    the nearest common dominator of its input-dependent predecessors. ``sinks`` are
-    unused in-place writes: they count as feeding the output (their effect is needed).
+    the nearest common dominator of its input-dependent predecessors. ``after[n]``: extra
+    predecessors of ``n`` (unused in-place writes to a tensor ``n`` reads).
     """
-    sinks = list(sinks)
     idom: dict[fx.Node, fx.Node] = {source: source}
 
     def common(a: fx.Node, b: fx.Node) -> fx.Node:
@@ -234,7 +278,7 @@ def _dominators(nodes: list[fx.Node], index: dict[fx.Node, int], source: fx.Node
         return a
 
     for n in nodes[index[source] + 1:]:
-        preds = list(n.all_input_nodes) + (sinks if n is output else [])
+        preds = list(n.all_input_nodes) + after.get(n, [])
         preds = [p for p in preds if p in idom]  # only input-dependent nodes are in idom
         if not preds:
             continue
@@ -304,8 +348,8 @@ class TracedNetwork(StitchableNetwork):
     """A stitchable view of any single-input ``nn.Module`` (see the module docstring).
 
     ``state_dict()`` has the wrapped model's own keys, so its checkpoints load directly.
-    ``layers``: explicit cut points (module paths or fx node names) instead of the
-    discovered ones; each must dominate the output.
+    ``layers``: explicit cut points (module paths or qualified node names such as
+    ``layer1.0.add``) instead of the discovered ones; each must dominate the output.
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str] | str | None = None, family: str = ""):
@@ -342,19 +386,45 @@ class TracedNetwork(StitchableNetwork):
     # ------------------------------------------------------------------ cut points
     def _discover(self, trace: _Trace) -> tuple[list[str], dict[str, list[str]]]:
         """Child-module outputs that dominate the output, in forward order (see the module docstring)."""
-        found: list[tuple[str, bool]] = []  # (module path, inside a container)
+        def is_cut(path: str, module: nn.Module) -> bool:
+            return not isinstance(module, _INFERENCE_IDENTITIES) and trace.module_outputs.get(path) in trace.dominators
 
-        def visit(prefix: str, module: nn.Module, in_container: bool) -> None:
+        inside: dict[str, list[tuple[str, bool]]] = {}  # module path -> the points found in it when opened
+
+        def points(prefix: str, module: nn.Module, in_container: bool) -> list[tuple[str, bool]]:
+            """(module path, is a container element) of the cut points among ``module``'s children."""
+            out: list[tuple[str, bool]] = []
             for name, child in module.named_children():
                 path = prefix + name
                 if type(child) in _CONTAINERS:  # exact type: Conv2dNormActivation subclasses Sequential
-                    visit(path + ".", child, True)
-                elif not isinstance(child, _INFERENCE_IDENTITIES):
-                    node = trace.module_outputs.get(path)
-                    if node in trace.dominators:
-                        found.append((path, in_container))
+                    out += points(path + ".", child, True)
+                elif opens(type(child)):
+                    out += opened(path, child)
+                elif is_cut(path, child):
+                    out.append((path, in_container))
+            return out
 
-        visit("", self._model, False)
+        def opened(path: str, module: nn.Module) -> list[tuple[str, bool]]:
+            if path not in inside:
+                inside[path] = []  # a module nested in one of its own class stays closed
+                inside[path] = points(path + ".", module, False)
+            return inside[path]
+
+        decided: dict[type, bool] = {}
+
+        def opens(cls: type) -> bool:
+            # A unit that wraps a sequence of blocks (torchvision's ViT ``encoder``, a timm
+            # ConvNeXt/Swin stage) is opened when that gives it >= 2 cut points. The decision
+            # is per class, so that blocks of one kind (MobileNet's inverted residuals, with
+            # and without a shortcut) are all listed at the same depth.
+            if cls not in decided:
+                decided[cls] = False
+                instances = [(p, m) for p, m in self._model.named_modules() if type(m) is cls]
+                decided[cls] = all(any(type(c) in _CONTAINERS for c in m.children()) and len(opened(p, m)) >= 2
+                                   for p, m in instances)
+            return decided[cls]
+
+        found = points("", self._model, False)
         logits = trace.output.args[0]  # a cut after the logits would be pointless
         order = sorted(range(len(found)), key=lambda i: trace.index[trace.module_outputs[found[i][0]]])
         names, blocks, seen = [], [], set()
@@ -369,7 +439,7 @@ class TracedNetwork(StitchableNetwork):
                 blocks.append(path)
         if not names:
             valid = trace.valid_names()
-            hint = (f"pass model.options.layers=[...] with some of these fx node names or module paths: "
+            hint = (f"pass model.options.layers=[...] with some of these node names or module paths: "
                     f"{', '.join(valid)}" if valid else "no node of its graph does (e.g. the input's shape is used "
                     "near the output), so it cannot be cut")
             raise ExternalModelError(f"{self.family}: no child module's output is passed through by every path from "
@@ -389,7 +459,7 @@ class TracedNetwork(StitchableNetwork):
                                 "another branch), so the rest of the network needs more than its activation")
             if unknown:
                 problems.append(f"{unknown} {'is' if len(unknown) == 1 else 'are'} neither a module called once in "
-                                "forward nor an fx node name")
+                                "forward nor a node name")
             if not names:
                 problems.append("the list is empty")
             raise ExternalModelError(f"model.options.layers for {self.family}: {'; '.join(problems)}. Valid cut "
@@ -412,9 +482,9 @@ class TracedNetwork(StitchableNetwork):
             missing = [n for n in self._layers if trace.node_of(n) not in trace.dominators]
             if missing:
                 raise ExternalModelError(
-                    f"{self.family}: cut point(s) {missing} exist in eval mode but not in the "
-                    f"{'train' if training else 'eval'}-mode graph (its forward branches on self.training); "
-                    f"call .eval() before cutting it, or pick other layers")
+                    f"{self.family}: {missing} are not cut points of its {'train' if training else 'eval'}-mode "
+                    f"graph (its forward branches on self.training); cut it in the mode its layers were "
+                    f"chosen in (eval), or pick other layers")
             self._traces[training] = trace
         return trace
 
@@ -423,9 +493,15 @@ class TracedNetwork(StitchableNetwork):
         """Python code computing ``result`` (nodes) from the input, or from the value of ``source``.
 
         Runs the nodes ``result`` needs (input-independent ones included) in the traced
-        order, plus the unused checks (asserts) it can compute. When the slice may write in
-        place (``ReLU(inplace=True)`` right after the cut) it works on a copy of ``source``:
-        the caller's activation must stay intact.
+        order, plus the dead ends (asserts, unused in-place writes) that lie between
+        ``source`` and ``result`` and that it can compute, so that the two halves of a split
+        together run what ``forward`` runs. When the slice may write in place
+        (``ReLU(inplace=True)`` right after the cut) it works on a copy of ``source``: the
+        caller's activation must stay intact.
+
+        The code refers to the model as ``self`` and is called with the live wrapped model
+        (as fx's ``GraphModule`` is, but without its copied attribute references, which
+        ``.to()`` or ``load_state_dict(assign=True)`` would leave stale).
         """
         roots: list[fx.Node] = []
         fx.node.map_arg(result, roots.append)
@@ -436,11 +512,16 @@ class TracedNetwork(StitchableNetwork):
             raise AssertionError(f"{source.name} is not a cut point")  # excluded by the dominator check
         lo = -1 if source is None else trace.index[source]
         hi = max(trace.index[r] for r in roots) if roots else lo
-        for check in trace.checks:
-            if lo < trace.index[check] < hi:
-                needed = _closure([check], source)
+        for end in trace.dead_ends:
+            if lo < trace.index[end] < hi:
+                needed = _closure([end], source)
                 if source is None or trace.input not in needed:
                     keep |= needed
+                elif _may_mutate(end, self._model):  # a check may be skipped, a write may not
+                    name = trace.qualnames.get
+                    raise ExternalModelError(f"{self.family}: cannot cut at {name(source, source.name)}: the "
+                                             f"in-place write {name(end, end.name)} after it needs tensors from "
+                                             "before it")
         graph = fx.Graph()
         env: dict[fx.Node, Any] = dict(trace.constants)  # pinned arguments become literals
         if source is not None:
@@ -559,6 +640,9 @@ def torchvision_model(num_classes: int = 1000, in_channels: int = 3, arch: str =
     import torchvision.models as tvm
 
     known = tvm.list_models(module=tvm)  # classification models only
+    if arch not in known and arch in tvm.list_models():
+        raise ExternalModelError(f"torchvision model {arch!r} is not an image classifier (a detection, "
+                                 "segmentation, video or quantized model); only classifiers can be stitched here")
     if arch not in known:
         raise _unknown_arch("torchvision", arch, known, "torchvision.models.list_models(module=torchvision.models)")
     if in_channels != 3:
@@ -577,7 +661,8 @@ def timm_model(num_classes: int = 1000, in_channels: int = 3, arch: str = "vit_t
     import timm
 
     if not timm.is_model(arch):
-        raise _unknown_arch("timm", arch, timm.list_models(), "timm.list_models() (wildcards: timm.list_models('vit*'))")
+        raise _unknown_arch("timm", arch, timm.list_models(),
+                            "timm.list_models() (wildcards: timm.list_models('vit*'))")
     family = f"timm:{arch}"
     model = _build_with_size(lambda **kw: timm.create_model(arch, pretrained=False, num_classes=num_classes,
                                                             in_chans=in_channels, **kw), "img_size", img_size, family)
