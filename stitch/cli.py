@@ -19,8 +19,11 @@ processes (joblib workers, submitit jobs), so the status travels three ways:
 A user error stops a single run, and a sequential (basic launcher) multirun, at once with
 exit 2: it is found before the job does any work, and the sweep's remaining jobs would
 usually fail the same way. Under a parallel launcher the other jobs are already running: the
-failing job ends, the others finish, and the process exits 2 at the end. A crash (any other
-exception) is Hydra's: it prints it and exits 1, in a multirun after the batch of jobs.
+failing job ends, the others finish, and the process exits 2 at the end (submitit: the job's
+message is in its ``.submitit/<id>/*.err``). A crash (any other exception) is Hydra's: it
+prints it and exits 1, in a multirun after the batch of jobs. Errors Hydra itself reports
+(an unknown key, a bad override, a missing config option) exit 2. A config without the
+``exit_status`` callback still gets honest codes from single runs and the basic launcher.
 """
 from __future__ import annotations
 

@@ -37,18 +37,174 @@ def test_batches_are_preprocessed_and_reproducible():
     assert sum(len(y) for _, y in dm.batches("test", 100)) == 450
 
 
-def test_random_crop_is_a_shifted_window_of_the_padded_image():
-    torch.manual_seed(0)
-    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
-    tf = BatchTransform(crop_padding=2, flip=False)
-    out = tf(x, augment=True, generator=torch.Generator().manual_seed(0))
-    padded = torch.nn.functional.pad(x.float() / 255, (2, 2, 2, 2))
-    for i in range(16):
-        windows = [padded[i, :, a:a + 8, b:b + 8] for a in range(5) for b in range(5)]
-        assert any(torch.equal(out[i], w) for w in windows)
-    flipped = BatchTransform(crop_padding=0, flip=True)(x, augment=True, generator=torch.Generator().manual_seed(1))
+# ------------------------------------------------------------------ augmentation
+# The contract of BatchTransform.augment (pad-4 random crop + horizontal flip), checked so that it fails
+# when augmentation is broken: a no-op, fixed (0 or centred) offsets, never/always flipping, a crop that is
+# not a window of the *zero*-padded image, a generator that is ignored, or augment=False not honoured.
+AUG_N, AUG_SIZE, AUG_PAD = 64, 32, 4
+
+
+def _distinct_images() -> torch.Tensor:
+    x = torch.randint(0, 256, (AUG_N, 3, AUG_SIZE, AUG_SIZE), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(0))
+    assert len({bytes(img.flatten().tolist()) for img in x}) == AUG_N  # distinct images
+    return x
+
+
+def _offsets_and_flips(x: torch.Tensor, out: torch.Tensor) -> list[tuple[int, int, bool]]:
+    """(row offset, column offset, flipped) of every output image, found exhaustively.
+
+    Each output must equal exactly one of the 81 windows (offsets 0..8 x 0..8) of its own zero-padded
+    input, flipped or not (162 candidates); random pixels make two candidates coincide with probability ~0.
+    """
+    n, s, p = len(x), AUG_SIZE, AUG_PAD
+    assert out.shape == x.shape and out.dtype == torch.float32
+    padded = torch.nn.functional.pad(x.float() / 255, (p, p, p, p))              # zeros around the image
+    windows = padded.unfold(2, s, 1).unfold(3, s, 1).permute(0, 2, 3, 1, 4, 5)   # n x 9 x 9 x 3 x s x s
+    assert windows.shape[1:3] == (2 * p + 1, 2 * p + 1)
+    found = []
+    for i in range(n):
+        plain = (windows[i] == out[i]).flatten(2).all(2)                # 9 x 9: window == output
+        flipped = (windows[i] == out[i].flip(-1)).flatten(2).all(2)     # 9 x 9: flip(window) == output
+        hits = [(int(a), int(b), False) for a, b in plain.nonzero()]
+        hits += [(int(a), int(b), True) for a, b in flipped.nonzero()]
+        assert len(hits) == 1, f"image {i}: {len(hits)} of the 162 (offset, flip) candidates match, expected 1"
+        found.append(hits[0])
+    return found
+
+
+def check_augmentation_contract() -> None:
+    """Raise AssertionError if BatchTransform's augmentation breaks its contract (see above)."""
+    tf = BatchTransform(crop_padding=AUG_PAD, flip=True)
+    x = _distinct_images()
     base = x.float() / 255
-    assert all(torch.equal(f, b) or torch.equal(f, b.flip(2)) for f, b in zip(flipped, base))
+    out = tf(x, augment=True, generator=torch.Generator().manual_seed(1))
+    # (a) every output is a 32x32 window of its own 4-zero-padded input, possibly flipped
+    draws = _offsets_and_flips(x, out)
+    rows, cols, flips = zip(*draws)
+    # (b) the crop offsets vary (not always 0, not always centred) and flipping is random (both occur).
+    # For a correct augmentation with uniform offsets in 0..8 and fair flips, the chance that a batch of 64
+    # fails this is P(all 64 row offsets equal) + P(all column offsets equal) + P(all flips equal)
+    # <= 2 * 9 * 9**-64 + 2 * 2**-64 = 2 * 9**-63 + 2**-63 ~ 1.1e-19 (and the seed is fixed anyway).
+    assert len(set(rows)) > 1, f"every row offset is {rows[0]}"
+    assert len(set(cols)) > 1, f"every column offset is {cols[0]}"
+    assert len(set(zip(rows, cols))) > 1
+    assert any(flips), "no image was flipped"
+    assert not all(flips), "every image was flipped"
+    assert not torch.equal(out, base)
+    # (c) the generator decides everything: the same seed reproduces the batch, another seed differs
+    again = tf(x, augment=True, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)
+    other = tf(x, augment=True, generator=torch.Generator().manual_seed(2))
+    assert not torch.equal(out, other)
+    assert _offsets_and_flips(x, other) != draws
+    # (d) augment=False leaves the batch as it is (only converted to float in [0, 1])
+    plain = tf(x, augment=False, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(plain, base)
+
+
+def test_augmentation_is_a_random_window_of_the_zero_padded_image_maybe_flipped():
+    check_augmentation_contract()
+
+
+_ORIGINAL_AUGMENT = BatchTransform.augment
+
+
+def _crop_at(x: torch.Tensor, di: torch.Tensor, dj: torch.Tensor, p: int = AUG_PAD, mode: str = "constant"):
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (p, p, p, p), mode=mode)
+    return torch.stack([padded[k, :, int(di[k]):int(di[k]) + h, int(dj[k]):int(dj[k]) + w] for k in range(n)])
+
+
+def _random_flip(x: torch.Tensor, g) -> torch.Tensor:
+    flip = torch.rand(len(x), generator=g) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def _draws(x: torch.Tensor, g):
+    n = len(x)
+    return (torch.randint(0, 2 * AUG_PAD + 1, (n,), generator=g), torch.randint(0, 2 * AUG_PAD + 1, (n,), generator=g))
+
+
+def _without_flip(self: BatchTransform) -> BatchTransform:
+    return BatchTransform(self.mean, self.std, self.crop_padding, flip=False)
+
+
+def _broken_only_flips(self, x, g=None):
+    return _random_flip(x, g)
+
+
+def _broken_offsets_zero(self, x, g=None):
+    zero = torch.zeros(len(x), dtype=torch.long)
+    return _random_flip(_crop_at(x, zero, zero), g)
+
+
+def _broken_offsets_centred(self, x, g=None):
+    centre = torch.full((len(x),), AUG_PAD)
+    return _random_flip(_crop_at(x, centre, centre), g)
+
+
+def _broken_one_offset_per_batch(self, x, g=None):
+    di, dj = _draws(x, g)
+    return _random_flip(_crop_at(x, di[:1].expand(len(x)), dj[:1].expand(len(x))), g)
+
+
+def _broken_columns_never_shifted(self, x, g=None):
+    di, _ = _draws(x, g)
+    return _random_flip(_crop_at(x, di, torch.full((len(x),), AUG_PAD)), g)
+
+
+def _broken_replicate_padding(self, x, g=None):
+    return _random_flip(_crop_at(x, *_draws(x, g), mode="replicate"), g)
+
+
+def _broken_vertical_flip(self, x, g=None):
+    cropped = _ORIGINAL_AUGMENT(_without_flip(self), x, g)
+    flip = torch.rand(len(x), generator=g) < 0.5
+    return torch.where(flip[:, None, None, None], cropped.flip(2), cropped)
+
+
+BROKEN_AUGMENTATIONS = {
+    "no-op": lambda self, x, g=None: x,
+    "only flips": _broken_only_flips,
+    "offsets always 0": _broken_offsets_zero,
+    "offsets always centred": _broken_offsets_centred,
+    "one offset for the whole batch": _broken_one_offset_per_batch,
+    "columns never shifted": _broken_columns_never_shifted,
+    "never flips": lambda self, x, g=None: _ORIGINAL_AUGMENT(_without_flip(self), x, g),
+    "always flips": lambda self, x, g=None: _ORIGINAL_AUGMENT(_without_flip(self), x, g).flip(3),
+    "replicate padding": _broken_replicate_padding,
+    "vertical flip": _broken_vertical_flip,
+    "generator ignored": lambda self, x, g=None: _ORIGINAL_AUGMENT(self, x, None),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_AUGMENTATIONS))
+def test_augmentation_check_fails_on_broken_augmentation(broken, monkeypatch):
+    """A test of the test: the contract check must reject each broken augmentation."""
+    monkeypatch.setattr(BatchTransform, "augment", BROKEN_AUGMENTATIONS[broken])
+    with pytest.raises(AssertionError):
+        check_augmentation_contract()
+
+
+def test_augmentation_check_fails_when_augment_false_is_ignored(monkeypatch):
+    original_call = BatchTransform.__call__
+    monkeypatch.setattr(BatchTransform, "__call__",
+                        lambda self, x, augment=False, generator=None: original_call(self, x, True, generator))
+    with pytest.raises(AssertionError):
+        check_augmentation_contract()
+
+
+def test_data_module_augments_only_training_batches_it_is_allowed_to():
+    """``batches(augment=True)`` augments iff the data module's ``augment`` setting is on."""
+    plain = [x for x, _ in data.build("digits", normalize=False, augment=True).batches("train", 64, limit=64)]
+    aug = [x for x, _ in data.build("digits", normalize=False, augment=True).batches("train", 64, augment=True,
+                                                                                   seed=0, limit=64)]
+    off = [x for x, _ in data.build("digits", normalize=False, augment=False).batches("train", 64, augment=True,
+                                                                                    seed=0, limit=64)]
+    assert len(plain) == len(aug) == len(off) == 1
+    assert not torch.equal(aug[0], plain[0])  # augmented
+    assert torch.equal(off[0], plain[0])      # data.augment=false: the request to augment is ignored
 
 
 def test_normalisation_uses_the_declared_statistics():

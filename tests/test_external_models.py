@@ -28,8 +28,8 @@ CASES = [
      "inception3a.branch1"),  # one of four parallel branches
     ("timm", "vit_tiny_patch16_224", 32, 32, ["patch_embed", "blocks.0", "blocks.3", "blocks.11", "norm"],
      "blocks.3.attn"),
-    ("timm", "convnext_atto", None, 32, ["stem.0", "stages.0", "stages.1", "stages.3"],
-     "stages.1.blocks.0.conv_dw"),
+    ("timm", "convnext_atto", None, 32, ["stem.0", "stages.0.blocks.0", "stages.1.blocks.0", "stages.3.blocks.1"],
+     "stages.1.blocks.0.conv_dw"),  # stages are opened into their blocks; a block's conv is bypassed
     ("timm", "resnet18", None, 32, ["act1", "layer1.0", "layer2.0", "layer4.1"], "layer2.0.conv1"),
 ]
 IDS = [f"{c[0]}-{c[1]}" for c in CASES]
@@ -234,6 +234,47 @@ def test_unused_in_place_writes_and_checks_land_in_the_right_half():
             net.forward_to(torch.randn(3, 5), "a")
         copy = pickle.loads(pickle.dumps(net)).double()  # generated code is rebuilt, on the live weights
         assert torch.equal(copy.forward_from(copy.forward_to(x.double(), "a"), "a"), copy(x.double()))
+
+
+class _Block(nn.Module):
+    def __init__(self, shortcut: bool):
+        super().__init__()
+        self.shortcut, self.body = shortcut, nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+
+    def forward(self, x):
+        return x + self.body(x) if self.shortcut else self.body(x)
+
+
+class _Stage(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks, self.norm = nn.Sequential(_Block(True), _Block(True)), nn.LayerNorm(8)
+
+    def forward(self, x):
+        return self.norm(self.blocks(x))
+
+
+class _Staged(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.stage, self.head = nn.Linear(4, 8), _Stage(), nn.Linear(8, 3)
+        self.mix = nn.Sequential(_Block(False), _Block(True))
+
+    def forward(self, x):
+        return self.head(self.mix(self.stage(self.stem(x))))
+
+
+def test_units_wrapping_blocks_are_opened_per_class():
+    net = TracedNetwork(_Staged()).eval()
+    # the stage is opened into its blocks; _Block is not, since one with a shortcut cannot be
+    # (opening mix.0 alone would list mix.0.body.0 beside mix.1)
+    assert net.layers == ["stem", "stage.blocks.0", "stage.blocks.1", "stage.norm", "mix.0", "mix.1"]
+    assert net.layer_groups == {"blocks": ["stage.blocks.0", "stage.blocks.1", "mix.0", "mix.1"],
+                                "top": ["stem", "stage.norm"]}
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        for layer in net.layers:
+            assert torch.equal(net.forward_from(net.forward_to(x, layer), layer), net(x)), layer
 
 
 def test_registry_tag_options_and_configs():

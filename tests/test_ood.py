@@ -35,22 +35,111 @@ def test_energy_matches_hand_computation():
                                                           abs=1e-6)
 
 
-def test_energy_loss_matches_hand_computation():
-    logits_in = torch.tensor([[1.0, 2.0, 3.0], [30.0, 0.0, 0.0]])
-    y = torch.tensor([2, 0])
-    logits_out = torch.tensor([[0.0, 0.0, 0.0], [-9.0, -8.0, -10.0]])
-    m_in, m_out, w = -25.0, -7.0, 0.1
-    lse = lambda row: math.log(sum(math.exp(v) for v in row))  # noqa: E731
-    ce = (-(3 - lse([1, 2, 3])) - (30 - lse([30, 0, 0]))) / 2
-    e_in = [-lse([1, 2, 3]), -lse([30, 0, 0])]
-    e_out = [-lse([0, 0, 0]), -lse([-9, -8, -10])]
-    reg = sum(max(0.0, e - m_in) ** 2 for e in e_in) / 2 + sum(max(0.0, m_out - e) ** 2 for e in e_out) / 2
-    loss, parts = energy_loss(logits_in, y, logits_out, w, m_in, m_out)
-    assert loss.item() == pytest.approx(ce + w * reg, rel=1e-5)
-    assert parts["ce"] == pytest.approx(ce, rel=1e-5)
-    assert parts["reg"] == pytest.approx(reg, rel=1e-5)
-    # the second in-distribution sample (E = -30 < m_in) and outlier 2 (E ~ 7.6 > m_out) contribute nothing
-    assert e_in[1] < m_in and e_out[1] > m_out
+# Hand-computable logits: a row of K equal logits c has logsumexp = c + ln K, so E = -c - ln 4 for K = 4 and
+# the cross-entropy of any label is ln 4; the row [c + ln 3, c, c, c] has logsumexp = c + ln 6, so E = -c - ln 6
+# and the cross-entropy of label 0 is ln 6 - ln 3 = ln 2. Paper 2 / Liu et al. 2020: w = 0.1, m_in = -25,
+# m_out = -7; hinge_in = relu(E_in + 25), hinge_out = relu(-7 - E_out).
+LN2, LN3, LN4, LN6 = math.log(2), math.log(3), math.log(4), math.log(6)
+
+
+def _flat(c: float) -> list[float]:
+    return [c, c, c, c]
+
+
+def _tilted(c: float) -> list[float]:
+    return [c + LN3, c, c, c]
+
+
+ENERGY_CASES = {
+    # name: (logits_in, labels, logits_out, CE by hand, mean hinge_in^2 by hand, mean hinge_out^2 by hand)
+    "both hinges active": (
+        [_flat(0.0), _flat(10.0)], [0, 3], [_flat(20.0), _flat(8.0)],
+        LN4,
+        ((25 - LN4) ** 2 + (15 - LN4) ** 2) / 2,      # E_in = -ln4, -10-ln4: both above -25
+        ((13 + LN4) ** 2 + (1 + LN4) ** 2) / 2),      # E_out = -20-ln4, -8-ln4: both below -7
+    "both hinges inactive": (
+        [_flat(30.0), _tilted(40.0)], [1, 0], [_flat(0.0), _flat(-5.0)],
+        (LN4 + LN2) / 2,
+        0.0,                                          # E_in = -30-ln4, -40-ln6: below -25
+        0.0),                                         # E_out = -ln4, 5-ln4: above -7
+    "only the in-distribution hinge": (
+        [_tilted(0.0)], [0], [_flat(3.0), _flat(-3.0)],
+        LN2,
+        (25 - LN6) ** 2,                              # E_in = -ln6
+        0.0),                                         # E_out = -3-ln4, 3-ln4: above -7
+    "only the outlier hinge, one sample each way": (
+        [_flat(26.0), _flat(20.0)], [2, 2], [_flat(10.0), _flat(0.0)],
+        LN4,
+        (0.0 + (5 - LN4) ** 2) / 2,                   # E_in = -26-ln4 (inactive), -20-ln4 (active)
+        ((3 + LN4) ** 2 + 0.0) / 2),                  # E_out = -10-ln4 (active), -ln4 (inactive)
+}
+
+
+@pytest.mark.parametrize("case", sorted(ENERGY_CASES))
+def test_energy_loss_matches_values_computed_by_hand(case):
+    logits_in, y, logits_out, ce, reg_in, reg_out = ENERGY_CASES[case]
+    logits_in, logits_out, y = torch.tensor(logits_in), torch.tensor(logits_out), torch.tensor(y)
+    loss, parts = energy_loss(logits_in, y, logits_out)  # the defaults are paper 2's w = 0.1, -25, -7
+    assert loss.item() == pytest.approx(ce + 0.1 * (reg_in + reg_out), rel=1e-5, abs=1e-5)
+    assert parts["ce"] == pytest.approx(ce, rel=1e-5, abs=1e-6)
+    assert parts["reg"] == pytest.approx(reg_in + reg_out, rel=1e-5, abs=1e-6)
+    assert energy_regularizer(energy(logits_in), energy(logits_out)).item() == pytest.approx(
+        reg_in + reg_out, rel=1e-5, abs=1e-6)
+    # the weight and margins passed are the ones used: w = 1, m_in = -10 (hinge_in = relu(E_in + 10)) and
+    # m_out = 100 (every outlier's hinge active: 100 - E_out); E by hand from the row shapes above
+    loss2, parts2 = energy_loss(logits_in, y, logits_out, weight=1.0, m_in=-10.0, m_out=100.0)
+    e_in = [-(row[1] + (LN6 if row[0] != row[1] else LN4)) for row in logits_in.tolist()]
+    e_out = [-(row[0] + LN4) for row in logits_out.tolist()]
+    reg2 = (sum(max(0.0, e + 10) ** 2 for e in e_in) / len(e_in)
+            + sum((100 - e) ** 2 for e in e_out) / len(e_out))
+    assert parts2["reg"] == pytest.approx(reg2, rel=1e-5)
+    assert loss2.item() == pytest.approx(ce + reg2, rel=1e-5)
+
+
+def test_energy_loss_reports_mean_energies():
+    _, parts = energy_loss(torch.tensor([_flat(0.0), _tilted(10.0)]), torch.tensor([0, 0]),
+                           torch.tensor([_flat(-1.0)]))
+    assert parts["energy_in"] == pytest.approx((-LN4 - 10 - LN6) / 2, rel=1e-6)
+    assert parts["energy_out"] == pytest.approx(1 - LN4, rel=1e-6)
+
+
+def test_energy_loss_gradient_pushes_in_distribution_energy_down_and_outlier_energy_up():
+    # both hinges active: E_in = -ln4 (> -25), E_out = -20-ln4 (< -7)
+    logits_in = torch.tensor([_flat(0.0)], requires_grad=True)
+    logits_out = torch.tensor([_flat(20.0)], requires_grad=True)
+    y = torch.tensor([1])
+    loss, _ = energy_loss(logits_in, y, logits_out)
+    loss.backward()
+    # by hand, with softmax = 1/4 everywhere: dE/dlogit = -1/4, dreg/dE_in = 2 (25 - ln4),
+    # dreg/dE_out = -2 (13 + ln4); dCE/dlogit = 1/4 - onehot(y)
+    g_in = 0.1 * 2 * (25 - LN4) * -0.25
+    expect_in = torch.tensor([[0.25 + g_in, -0.75 + g_in, 0.25 + g_in, 0.25 + g_in]])
+    expect_out = torch.full((1, 4), 0.1 * -2 * (13 + LN4) * -0.25)
+    assert logits_in.grad is not None and logits_out.grad is not None
+    assert torch.allclose(logits_in.grad, expect_in, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(logits_out.grad, expect_out, rtol=1e-5, atol=1e-6)
+    # one gradient-descent step: the in-distribution energy goes down, the outlier energy goes up
+    with torch.no_grad():
+        e_in0, e_out0 = energy(logits_in).item(), energy(logits_out).item()
+        e_in1 = energy(logits_in - 0.1 * logits_in.grad).item()
+        e_out1 = energy(logits_out - 0.1 * logits_out.grad).item()
+    assert e_in1 < e_in0 - 0.05 and e_out1 > e_out0 + 0.05
+    # the regularizer alone: d/dE_in > 0 (descent lowers E_in), d/dE_out < 0 (descent raises E_out)
+    e_in = torch.tensor([-LN4, -30.0], requires_grad=True)
+    e_out = torch.tensor([-20 - LN4, 0.0], requires_grad=True)
+    energy_regularizer(e_in, e_out).backward()
+    assert torch.allclose(e_in.grad, torch.tensor([2 * (25 - LN4) / 2, 0.0]), rtol=1e-5)
+    assert torch.allclose(e_out.grad, torch.tensor([-2 * (13 + LN4) / 2, 0.0]), rtol=1e-5)
+
+
+def test_energy_loss_with_inactive_hinges_is_plain_cross_entropy():
+    logits_in = torch.tensor([_flat(30.0)], requires_grad=True)   # E_in = -30-ln4 < -25
+    logits_out = torch.tensor([_flat(0.0)], requires_grad=True)   # E_out = -ln4 > -7
+    loss, parts = energy_loss(logits_in, torch.tensor([2]), logits_out)
+    loss.backward()
+    assert loss.item() == pytest.approx(LN4, rel=1e-6) and parts["reg"] == 0.0
+    assert torch.allclose(logits_in.grad, torch.tensor([[0.25, 0.25, -0.75, 0.25]]), atol=1e-6)
+    assert torch.equal(logits_out.grad, torch.zeros(1, 4))  # outliers already above m_out: no push
 
 
 def test_energy_regularizer_rejects_inverted_margins():
@@ -183,7 +272,7 @@ def test_detector_trains_caches_reloads_and_scores(tiny_setup, monkeypatch):
     assert meta["trained_now"] is True
     pt = det_mod.Path(meta["path"])
     assert pt.is_file() and pt.with_suffix(".json").is_file()
-    assert pt.parent == key.directory(root) / "ood" and pt.name.startswith("layer3-")
+    assert pt.parent == key.directory(root) / "ood" and pt.name.startswith("relu3-")  # stored under the canonical name of layer3
     assert 0.0 <= meta["sanity_auroc"] <= 1.0 and meta["metrics"]["samples"] == 48
     assert "digits" in next(iter(meta["sanity"]))  # synthetic in-distribution: the digits are the OOD set
 

@@ -54,23 +54,23 @@ def records(results: Path) -> dict[str, dict]:
 def store(tmp_path_factory) -> Path:
     """Two Tiny-10 donors (seeds 0, 1), trained once for the module."""
     tmp = tmp_path_factory.mktemp("store")
-    stitch(tmp, tmp / "models", tmp / "warmup", "method=dm", "layer=layer8", multirun=False)
+    stitch(tmp, tmp / "models", tmp / "warmup", "method=dm", "layer=relu8", multirun=False)
     return tmp / "models"
 
 
 def test_interrupted_multirun_resumes_and_force_redoes(store, tmp_path):
     res = tmp_path / "res"
     # job 1 of 3 stops the sweep: an unknown layer is a user error, the process exits there
-    p = stitch(tmp_path, store, res, "method=dm", "layer=layer7,bogus,layer8", check=False)
+    p = stitch(tmp_path, store, res, "method=dm", "layer=relu7,bogus,relu8", check=False)
     assert p.returncode != 0 and "bogus" in (p.stderr + p.stdout)
     first = records(res)
-    assert set(first) == {"layer7/dm/s0"}                            # layer8 never ran
+    assert set(first) == {"relu7/dm/s0"}                            # relu8 never ran
     time.sleep(0.05)
-    stitch(tmp_path, store, res, "method=dm", "layer=layer7,layer8")
+    stitch(tmp_path, store, res, "method=dm", "layer=relu7,relu8")
     second = records(res)
-    assert set(second) == {"layer7/dm/s0", "layer8/dm/s0"}           # the missing run is done ...
-    assert second["layer7/dm/s0"]["_mtime"] == first["layer7/dm/s0"]["_mtime"]  # ... the finished one is not
-    stitch(tmp_path, store, res, "method=dm", "layer=layer7,layer8", "force=true")
+    assert set(second) == {"relu7/dm/s0", "relu8/dm/s0"}           # the missing run is done ...
+    assert second["relu7/dm/s0"]["_mtime"] == first["relu7/dm/s0"]["_mtime"]  # ... the finished one is not
+    stitch(tmp_path, store, res, "method=dm", "layer=relu7,relu8", "force=true")
     third = records(res)
     for k in second:
         assert third[k]["_mtime"] > second[k]["_mtime"], f"force=true did not redo {k}"
@@ -85,24 +85,24 @@ def test_failed_run_is_redone_on_resume(store, tmp_path):
 
     res = tmp_path / "res"
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("stitch", overrides=[f"store={store}", f"results_dir={res}", *TINY, "method=dm", "layer=layer8"])
+        cfg = compose("stitch", overrides=[f"store={store}", f"results_dir={res}", *TINY, "method=dm", "layer=relu8"])
     cfg = OmegaConf.to_container(cfg, resolve=True)
     run_study(cfg)
-    rec = records(res)["layer8/dm/s0"]
+    rec = records(res)["relu8/dm/s0"]
     bad = {k: v for k, v in rec.items() if not k.startswith("_")}
     bad.update(status="failed", error="RuntimeError: simulated", metrics=None)
     Path(rec["_path"]).write_text(json.dumps(bad))
     (again,) = run_study(cfg)
-    assert again["status"] == "ok" and records(res)["layer8/dm/s0"]["status"] == "ok"
+    assert again["status"] == "ok" and records(res)["relu8/dm/s0"]["status"] == "ok"
     (skipped,) = run_study(cfg)                      # and now it is finished: skipped
-    assert records(res)["layer8/dm/s0"]["_mtime"] == os.stat(rec["_path"]).st_mtime_ns
+    assert records(res)["relu8/dm/s0"]["_mtime"] == os.stat(rec["_path"]).st_mtime_ns
 
 
 def test_killed_sweep_resumes(store, tmp_path):
     """SIGKILL a multirun once its first run is recorded; the rerun does only what is missing."""
     res = tmp_path / "res"
     args = [sys.executable, "stitch.py", "-m", f"store={store}", f"results_dir={res}",
-            f"hydra.sweep.dir={tmp_path / 'multirun'}", *TINY, "method=tlm", "tlm.epochs=3", "layer=layer2",
+            f"hydra.sweep.dir={tmp_path / 'multirun'}", *TINY, "method=tlm", "tlm.epochs=3", "layer=relu2",
             "seed=0,1,2,3"]
     proc = subprocess.Popen(args, cwd=ROOT, env=env(tmp_path), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -118,9 +118,9 @@ def test_killed_sweep_resumes(store, tmp_path):
     assert 1 <= len(done) < 4, f"kill came too late or too early: {sorted(done)}"
     for f in (res / "records").glob("*.json"):       # atomic writes: never a torn record
         json.loads(f.read_text())
-    stitch(tmp_path, store, res, "method=tlm", "tlm.epochs=3", "layer=layer2", "seed=0,1,2,3")
+    stitch(tmp_path, store, res, "method=tlm", "tlm.epochs=3", "layer=relu2", "seed=0,1,2,3")
     after = records(res)
-    assert set(after) == {f"layer2/tlm/s{s}" for s in range(4)}
+    assert set(after) == {f"relu2/tlm/s{s}" for s in range(4)}
     for k, r in done.items():
         assert after[k]["_mtime"] == r["_mtime"], f"{k} was redone"
 
@@ -129,9 +129,9 @@ def test_joblib_launcher_two_parallel_jobs_one_gpu_each(store, tmp_path):
     """n_jobs=2 workers; with two (pretend) GPUs each worker pins a different one."""
     res = tmp_path / "res"
     stitch(tmp_path, store, res, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "method=dm",
-           "layer=layer7,layer8", f"hydra.callbacks.gpu_per_job.lock_dir={tmp_path / 'locks'}",
+           "layer=relu7,relu8", f"hydra.callbacks.gpu_per_job.lock_dir={tmp_path / 'locks'}",
            extra_env={"STITCH_GPUS": "0,1"})  # own lock directory: never collides with a real sweep here
-    assert set(records(res)) == {"layer7/dm/s0", "layer8/dm/s0"}
+    assert set(records(res)) == {"relu7/dm/s0", "relu8/dm/s0"}
     logs = "\n".join(Path(f).read_text() for f in glob.glob(str(tmp_path / "multirun" / "*" / "*.log")))
     gpus = {line.split("job on GPU ")[1].split()[0] for line in logs.splitlines() if "job on GPU " in line}
     assert gpus == {"0", "1"}, logs[-2000:]
@@ -158,8 +158,8 @@ def test_gpu_claims_are_exclusive(tmp_path):
 def test_submitit_local_launcher(store, tmp_path):
     res = tmp_path / "res"
     stitch(tmp_path, store, res, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "method=dm",
-           "layer=layer7,layer8")
-    assert set(records(res)) == {"layer7/dm/s0", "layer8/dm/s0"}
+           "layer=relu7,relu8")
+    assert set(records(res)) == {"relu7/dm/s0", "relu8/dm/s0"}
 
 
 def _wandb_runs(root: Path) -> list[Path]:
@@ -168,7 +168,7 @@ def _wandb_runs(root: Path) -> list[Path]:
 
 def test_wandb_offline_runs_and_sweep_report(store, tmp_path):
     res = tmp_path / "res"
-    stitch(tmp_path, store, res, "method=dm", "layer=layer7,layer8", "logger=wandb", "study=wb",
+    stitch(tmp_path, store, res, "method=dm", "layer=relu7,relu8", "logger=wandb", "study=wb",
            extra_env={"WANDB_MODE": "offline"})
     runs = _wandb_runs(tmp_path / "multirun")
     assert len(runs) == 2, "one offline W&B run per stitching run"
@@ -176,7 +176,7 @@ def test_wandb_offline_runs_and_sweep_report(store, tmp_path):
         assert list(r.glob("*.wandb")), f"{r} has no run data"
     # config (the record's semantic config), the run name and the summary metrics are in the run data
     data = b"".join(p.read_bytes() for r in runs for p in r.glob("*.wandb"))
-    for needle in (b"layer7", b"layer8", b"relative_acc", b"--dm.seed0-", b"method_config"):
+    for needle in (b"relu7", b"relu8", b"relative_acc", b"--dm.seed0-", b"method_config"):
         assert needle in data, needle
     out = tmp_path / "figs"
     p = subprocess.run([sys.executable, "sweep.py", f"inputs=[{res}]", "figures=[p1_fig2]", f"out={out}",

@@ -27,15 +27,15 @@ def test_study_writes_records_skips_finished_runs_and_records_failures(tmp_path,
     r = _stitch(tmp_path, donor_store, "layer=[layer2,layer6]")
     assert r.returncode == 0, r.stderr[-3000:]
     recs = _records(tmp_path / "res")
-    assert sorted((x["layer"], x["method"]) for x in recs) == [("layer2", "dm"), ("layer2", "tlm"),
-                                                                ("layer6", "dm"), ("layer6", "tlm")]
+    assert sorted((x["layer"], x["method"]) for x in recs) == [("relu2", "dm"), ("relu2", "tlm"),
+                                                                ("relu6", "dm"), ("relu6", "tlm")]  # aliases resolved
     for rec in recs:
         assert rec["status"] == "ok"
         m = rec["metrics"]
         assert 0 <= m["relative_acc"] <= 1.2 and m["model2_acc"] > 0.9
         assert {"cross_entropy", "agreement", "dm_structural", "sim/cka", "sim/pwcca", "sim_raw/cka"} <= set(m)
         assert rec["model1"]["sha256"] and rec["code_version"] and rec["timings"]["run_s"] > 0
-    assert "rel.acc" in r.stdout and "layer6" in r.stdout
+    assert "rel.acc" in r.stdout and "relu6" in r.stdout
     dm = [x for x in recs if x["method"] == "dm"]
     assert all(x["metrics"]["relative_acc"] > 0.9 for x in dm)
 
@@ -47,7 +47,7 @@ def test_study_writes_records_skips_finished_runs_and_records_failures(tmp_path,
     r = _stitch(tmp_path, donor_store, "layer=layer2", "method=dm", "force=true")
     assert r.returncode == 0
     changed = [p for p in mtimes if p.stat().st_mtime_ns != mtimes[p]]
-    assert len(changed) == 1 and "layer2--" in changed[0].name and "--dm." in changed[0].name
+    assert len(changed) == 1 and "relu2--" in changed[0].name and "--dm." in changed[0].name
 
     # a diverging TLM run is recorded as failed, the study goes on to the next run and exits 1
     r = _stitch(tmp_path, donor_store, "layer=[layer3,layer4]", "tlm.lr=1e38", "tlm.epochs=1")

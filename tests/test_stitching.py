@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import numpy as np
 import pytest
@@ -97,12 +98,43 @@ def test_tlm_from_dm_init_starts_at_the_dm_solution(donor_store):
     assert torch.allclose(tlm_net.stitch.matrix, dm_net.stitch.matrix)
 
 
+def _assert_same_batches(got: list, want: list) -> None:
+    """The same number of batches, of the same sizes, with equal tensors (a zip would stop at the shorter)."""
+    assert len(got) == len(want), f"{len(got)} batches vs {len(want)}"
+    assert [len(b.y) for b in got] == [len(b.y) for b in want]
+    for i, (a, b) in enumerate(itertools.zip_longest(got, want)):
+        for field in ("a", "b", "y", "z2"):
+            assert torch.equal(getattr(a, field), getattr(b, field)), f"batch {i}: {field} differs"
+
+
 def test_cached_and_recomputed_paths_give_the_same_batches(donor_store):
+    m1, m2 = _donors(donor_store)
+    cached, dm = _ctx(m1, m2, "layer2", "layer7", cache=True)
+    live, _ = _ctx(m1, m2, "layer2", "layer7", cache=False)
+    assert live.source._cached("test") is None
+    assert cached.source._cached("test") is not None  # the fast path is really taken
+    for kwargs in ({}, {"shuffle": True, "seed": 3}, {"batch_size": 50}):
+        got, want = list(cached.source.batches("test", **kwargs)), list(live.source.batches("test", **kwargs))
+        assert sum(len(b.y) for b in want) == dm.size("test") == 192  # every test image, once
+        _assert_same_batches(got, want)
+        assert all(b.x is None for b in got) and all(b.x is not None for b in want)  # paths as documented
+
+
+def test_batch_comparison_rejects_a_cache_that_lost_images(donor_store, monkeypatch):
+    """A test of the test: a cache missing its last images (what a zip would not see) fails the comparison."""
     m1, m2 = _donors(donor_store)
     cached, _ = _ctx(m1, m2, "layer2", "layer7", cache=True)
     live, _ = _ctx(m1, m2, "layer2", "layer7", cache=False)
-    for a, b in zip(cached.source.batches("test"), live.source.batches("test")):
-        assert torch.equal(a.a, b.a) and torch.equal(a.b, b.b) and torch.equal(a.z2, b.z2)
+    want = list(live.source.batches("test"))
+    assert len(want) == 3
+    _assert_same_batches(want, list(want))
+    full = cached.source._cached("test")
+    for keep in (128, 150):  # one batch less; a short last batch
+        monkeypatch.setattr(cached.source, "_cached", lambda split, keep=keep: tuple(t[:keep] for t in full))
+        with pytest.raises(AssertionError):
+            _assert_same_batches(list(cached.source.batches("test")), want)
+    with pytest.raises(AssertionError, match="batches vs"):
+        _assert_same_batches(want, want[:-1])
 
 
 def test_cpu_autocast_bf16_is_close_to_fp32(donor_store):

@@ -18,12 +18,31 @@ def _save(root, key=KEY, **build):
     return net
 
 
+def _assert_same_state(got: dict, want: dict) -> None:
+    """Same keys (in the same order) and equal tensors; a zip would stop at the shorter state dict."""
+    assert list(got) == list(want), f"keys differ: missing {set(want) - set(got)}, extra {set(got) - set(want)}"
+    for k in want:
+        assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k
+
+
+def test_state_comparison_sees_missing_and_extra_keys():
+    """A test of the test: dropping or adding a buffer, or changing a value, fails the comparison."""
+    state = models.build("tiny10", 10).state_dict()
+    _assert_same_state(dict(state), state)
+    last = list(state)[-1]
+    for got in ({k: v for k, v in state.items() if k != last}, {**state, "extra": torch.zeros(1)},
+                {**state, last: state[last] + 1}):
+        with pytest.raises(AssertionError):
+            _assert_same_state(got, state)
+        with pytest.raises(AssertionError):
+            _assert_same_state(state, got)
+
+
 def test_round_trip_and_metadata(tmp_path):
     net = _save(tmp_path)
     loaded, meta = store.load(KEY, tmp_path)
     assert not loaded.training
-    for (k, v), (k2, v2) in zip(net.state_dict().items(), loaded.state_dict().items()):
-        assert k == k2 and torch.equal(v, v2)
+    _assert_same_state(loaded.state_dict(), net.state_dict())
     assert meta["key"] == "synthetic/tiny10/seed3" and len(meta["sha256"]) == 64 and meta["code_version"]
     assert KEY.directory(tmp_path) == tmp_path / "synthetic" / "tiny10" / "seed3"
 
@@ -72,8 +91,8 @@ def test_forced_retrain_that_crashes_leaves_the_old_donor_whole(tmp_path, monkey
         store.save(KEY, models.build("tiny10", 10), {"num_classes": 10, "metrics": {"test_acc": 0.9}}, tmp_path)
     monkeypatch.undo()
     net, meta2 = store.load(KEY, tmp_path)  # hash checked: the weights are the ones the metadata describes
-    assert meta2 == meta and all(torch.equal(a, b) for a, b in zip(net.state_dict().values(),
-                                                                   old.state_dict().values()))
+    assert meta2 == meta
+    _assert_same_state(net.state_dict(), old.state_dict())
     assert [p.name for p in KEY.directory(tmp_path).parent.iterdir()] == ["seed3"]  # no temporary left behind
 
 

@@ -489,7 +489,8 @@ class TracedNetwork(StitchableNetwork):
         return trace
 
     # ------------------------------------------------------------------ compiled graph slices
-    def _compile(self, trace: _Trace, source: fx.Node | None, result: Any, label: str) -> Callable:
+    def _compile(self, trace: _Trace, source: fx.Node | None, result: Any, label: str,
+                 to_output: bool = False) -> Callable:
         """Python code computing ``result`` (nodes) from the input, or from the value of ``source``.
 
         Runs the nodes ``result`` needs (input-independent ones included) in the traced
@@ -511,7 +512,7 @@ class TracedNetwork(StitchableNetwork):
         elif trace.input in keep:
             raise AssertionError(f"{source.name} is not a cut point")  # excluded by the dominator check
         lo = -1 if source is None else trace.index[source]
-        hi = max(trace.index[r] for r in roots) if roots else lo
+        hi = trace.index[trace.output] if to_output else max(trace.index[r] for r in roots)
         for end in trace.dead_ends:
             if lo < trace.index[end] < hi:
                 needed = _closure([end], source)
@@ -547,7 +548,8 @@ class TracedNetwork(StitchableNetwork):
             result = trace.output.args[0] if end is None else trace.node_of(end)
             if start is not None and end is not None and trace.index[source] >= trace.index[result]:
                 raise ValueError(f"layer {end!r} does not come after {start!r} in {self.family}")
-            fn = self._fns[key] = self._compile(trace, source, result, f"{start or 'input'} -> {end or 'output'}")
+            fn = self._fns[key] = self._compile(trace, source, result, f"{start or 'input'} -> {end or 'output'}",
+                                                to_output=end is None)
         return fn
 
     # ------------------------------------------------------------------ interface

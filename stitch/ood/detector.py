@@ -565,6 +565,7 @@ def get_detector(model2: models.StitchableNetwork, key2: store.DonorKey, layer: 
     whose presence marks a complete entry) together with its sanity check. Returns
     (detector in eval mode on ``device``, meta dict with ``path``, ``trained_now``).
     """
+    layer = model2.check_layer(layer)  # an alias (layer3) and its canonical name (relu3) share one detector
     cfg = detector_config(ood_cfg)
     sanity_spec = sanity_config(ood_cfg)
     device = torch.device(device)

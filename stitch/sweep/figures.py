@@ -325,6 +325,10 @@ def p1_fig2(ctx: FigureContext) -> list[Path]:
     rows, cols = _grid(len(panels), 2)
     fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 3.6 * rows), squeeze=False, layout="constrained")
     handles = {}
+    # paper 1 reports the mean over samples and classes of -p2 log q (H(p2, q) / C); older records: nats
+    ce = "cross_entropy_paper1" if "cross_entropy_paper1.mean" in agg else "cross_entropy"
+    ce_label = ("cross-entropy to model 2, paper 1's unit: H(p2, q) / C" if ce == "cross_entropy_paper1"
+                else "cross-entropy to model 2 output (nats)")
     for ax, ((tag, data), g) in zip(axes.flat, panels):
         layers = layer_order(g)
         x = np.arange(len(layers))
@@ -337,14 +341,18 @@ def p1_fig2(ctx: FigureContext) -> list[Path]:
             gm = gm.set_index("layer").reindex(layers)
             c = colors[v]
             band(ax, x, gm["relative_acc.mean"], gm["relative_acc.std"], c, f"{v}: relative accuracy")
-            if "cross_entropy.mean" in gm:
-                band(ax2, x, gm["cross_entropy.mean"], gm["cross_entropy.std"], c,
+            if f"{ce}.mean" in gm:
+                band(ax2, x, gm[f"{ce}.mean"], gm[f"{ce}.std"], c,
                      f"{v}: cross-entropy", ls="--", marker="s", alpha=0.1)
+        base = f"identity_{ce}.mean"
+        if base in g and g[base].notna().any():  # paper 1's "no transformation" baseline, per layer
+            ident = g.groupby("layer")[base].mean().reindex(layers)
+            ax2.plot(x, ident, color="0.5", ls=":", marker=".", label="no transformation: cross-entropy")
         ax.set_xticks(x, layers)
         _rotate_layer_ticks(ax, layers)
         ax.set_xlabel("stitched layer")
         ax.set_ylabel("relative accuracy (stitched / model 2)")
-        ax2.set_ylabel("cross-entropy to model 2 output (nats)")
+        ax2.set_ylabel(ce_label)
         ax.set_title(f"{arch_label(tag)} · {_DATA_LABELS.get(data, data)}")
         for h in ax.get_lines() + ax2.get_lines():
             handles.setdefault(h.get_label(), h)
