@@ -42,6 +42,10 @@ _NON_SEMANTIC = {"tlm", "dm", "force", "results_dir", "store", "logger", "print_
 # where things are read from, not what is computed: moving the data or the weights file keeps a run's identity
 _DATA_LOCATION = {"root", "download", "cache", "num_workers", "layout"}
 _MODEL_LOCATION = {"weights"}
+# method options added after records existed: at these values they are left out of the identity, so
+# finished runs stay finished; any other value makes a new run
+_IDENTITY_DEFAULTS = {"split": "train"}
+_UNSET = object()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -115,7 +119,8 @@ def run_identity(cfg: dict, L: str, M: str, method: str) -> tuple[str, dict]:
     semantic = {k: v for k, v in cfg.items() if k not in _NON_SEMANTIC}
     if not (cfg.get("ood") or {}).get("enabled"):
         semantic.pop("ood", None)  # detector settings only matter when OOD scores are computed
-    semantic.update(layer=L, target_layer=M, method=method, method_config=cfg["method"][method],
+    mcfg = {k: v for k, v in cfg["method"][method].items() if _IDENTITY_DEFAULTS.get(k, _UNSET) != v}
+    semantic.update(layer=L, target_layer=M, method=method, method_config=mcfg,
                     data={k: v for k, v in cfg["data"].items() if k not in _DATA_LOCATION},
                     model1={k: v for k, v in cfg["model1"].items() if k not in _MODEL_LOCATION},
                     model2={k: v for k, v in cfg["model2"].items() if k not in _MODEL_LOCATION})
@@ -161,14 +166,17 @@ class PairContext:
         layer = build_stitching_layer(src, dst, rank).to(self.source.device)
         return StitchedNetwork(self.m1, self.m2, self.L, self.M, layer)
 
-    def statistics(self, net: StitchedNetwork, samples: int | None) -> MatchingStatistics:
-        """Sufficient statistics of (resized A rows, B rows) over the training split, one streaming pass."""
-        if self._stats is not None and self._stats_samples == samples:
+    def statistics(self, net: StitchedNetwork, samples: int | None, split: str = "train") -> MatchingStatistics:
+        """Sufficient statistics of (resized A rows, B rows) over a split (training by default), one pass.
+
+        ``split="test"`` reproduces paper 1's released code, which solves least squares on the test
+        images it then evaluates on (a like-for-like check, not a fair score)."""
+        if self._stats is not None and self._stats_samples == (samples, split):
             return self._stats
         stats = MatchingStatistics(device=self.source.device)
         seen = 0
         with torch.no_grad():
-            for batch in self.source.batches("train"):
+            for batch in self.source.batches(split):
                 a, b = batch.a, batch.b
                 if samples is not None:
                     take = min(len(a), samples - seen)
@@ -177,14 +185,14 @@ class PairContext:
                 seen += len(a)
                 if samples is not None and seen >= samples:
                     break
-        self._stats, self._stats_samples = stats, samples
+        self._stats, self._stats_samples = stats, (samples, split)
         return stats
 
 
 def fit_direct(ctx: PairContext, mcfg: dict) -> tuple[StitchedNetwork, dict]:
     net = ctx.new_network()
     t = time.time()
-    stats = ctx.statistics(net, mcfg.get("samples"))
+    stats = ctx.statistics(net, mcfg.get("samples"), mcfg.get("split", "train"))
     W, b = solve(stats, kind=mcfg.get("solver", "ls"), rank=mcfg.get("rank"), alpha=mcfg.get("alpha"),
                  bias=mcfg.get("bias", True))
     net.stitch.set_affine(W.float(), b.float())

@@ -95,7 +95,8 @@ TLM = {"kind": one_of("tlm"), "name": TEXT, "loss": one_of("hard", "soft"), "tem
        "weight_decay": NONNEG, "batch_size": POS_INT, "epochs": POS_INT,
        "schedule": one_of("constant", "step", "cosine"), "augment": BOOL, "rank": or_null(POS_INT), "l1": NONNEG,
        "cka_penalty": NONNEG, "track_every": NONNEG_INT, "track_samples": POS_INT, "zero_threshold": NONNEG}
-DM = {"kind": one_of("dm"), "name": TEXT, "solver": one_of(*KINDS), "samples": or_null(POS_INT),
+DM = {"kind": one_of("dm"), "name": TEXT, "solver": one_of(*KINDS), "split": one_of("train", "test"),
+      "samples": or_null(POS_INT),
       "rank": or_null(POS_INT), "alpha": or_null(POSITIVE), "bias": BOOL, "zero_threshold": NONNEG}
 TRAIN_TOP = {"seed": INT, "epochs": POS_INT, "optim.lr": POSITIVE, "force": BOOL}
 
