@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 # keys of the config that do not change a run's result (excluded from its identity)
 _NON_SEMANTIC = {"tlm", "dm", "force", "results_dir", "store", "logger", "print_table", "device", "study", "layer",
-                 "target_layer", "method", "donor", "cache", "batch_size", "save_stitch"}
+                 "target_layer", "method", "donor", "cache", "batch_size", "save_stitch", "fold_batchnorm"}
 # where things are read from, not what is computed: moving the data or the weights file keeps a run's identity
 _DATA_LOCATION = {"root", "download", "cache", "num_workers", "layout"}
 _MODEL_LOCATION = {"weights"}
@@ -252,6 +252,13 @@ def run_study(cfg: dict) -> list[dict]:
     pairs = layer_pairs(cfg, m1, m2)
     for L, M in pairs:  # incompatible layers are a configuration error: reject before running anything
         build_stitching_layer(m1.layer_shapes(dm.input_shape)[L], m2.layer_shapes(dm.input_shape)[M])
+    if cfg.get("fold_batchnorm", True):  # frozen donors: BatchNorm folded into the convs (float32-equal, faster)
+        from .models.fold import fold_batchnorm
+
+        if m2 is m1:
+            m1 = m2 = fold_batchnorm(m1, {L for L, _ in pairs} | {M for _, M in pairs})
+        else:
+            m1, m2 = fold_batchnorm(m1, {L for L, _ in pairs}), fold_batchnorm(m2, {M for _, M in pairs})
     load_s = time.time() - t0
     cache_cfg = cfg.get("cache") or {}
     budget = cache_cfg.get("budget_gb", "auto")

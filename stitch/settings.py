@@ -80,9 +80,11 @@ PRECISION = Rule(lambda v: not isinstance(v, bool) and str(v) in ("auto", "32", 
 STITCH_TOP = {
     "seed": INT, "model1.seed": DONOR, "model2.seed": DONOR,
     "model1.weights": or_null(Rule(lambda v: isinstance(v, str) and v != "", "a state-dict file path")),
-    "model2.weights": or_null(Rule(lambda v: isinstance(v, str) and v != "", "a state-dict file path")), "layer": LAYERS, "target_layer": or_null(LAYERS),
+    "model2.weights": or_null(Rule(lambda v: isinstance(v, str) and v != "", "a state-dict file path")),
+    "layer": LAYERS, "target_layer": or_null(LAYERS),
     "device": DEVICE, "precision": PRECISION, "batch_size": POS_INT, "train_limit": or_null(POS_INT),
-    "test_limit": or_null(POS_INT), "force": BOOL, "save_stitch": BOOL, "print_table": BOOL,
+    "test_limit": or_null(POS_INT), "force": BOOL, "save_stitch": BOOL, "fold_batchnorm": BOOL,
+    "print_table": BOOL,
     "donor.train_missing": BOOL, "donor.epochs": POS_INT,
 }
 CACHE = {"enabled": BOOL, "budget_gb": Rule(lambda v: v == "auto" or POSITIVE.ok(v), "auto or a number > 0"),
