@@ -1,36 +1,11 @@
-"""Stitching experiments.
+"""Stitching experiments (installed: the ``stitch-run`` command; code: ``stitch/commands/stitch.py``).
 
     python stitch.py                                   # Tiny-10 on digits, donors seeds 0 and 1, every layer, TLM and DM
     python stitch.py -m layer=all method=tlm,dm seed=0,1,2
     python stitch.py layer=layer3 target_layer=all method=dm      # one row of the layer x layer matrix
     python stitch.py model@model2=resnet20 layer=layer4 target_layer=layer2.0
 """
-import logging
-
-import hydra
-from omegaconf import DictConfig
-
-from stitch import cli
-from stitch.settings import check_stitch
-
-log = logging.getLogger("stitch")
-
-
-@hydra.main(config_path="conf", config_name="stitch", version_base="1.3")
-@cli.job
-def study(cfg: DictConfig) -> int:
-    c = cli.to_dict(cfg)
-    check_stitch(c)  # run_study checks too; here a typo fails before the training stack loads (seconds)
-    from stitch.experiment import format_table, run_study
-
-    records = run_study(c)
-    if cfg.print_table:
-        print(format_table(records))
-    failed = sum(r["status"] != "ok" for r in records)
-    if failed:
-        log.warning("%d of %d runs failed; see their records in %s", failed, len(records), cfg.results_dir)
-    return failed
-
+from stitch.commands.stitch import main
 
 if __name__ == "__main__":
-    cli.main(study)  # exit code: 0 all runs ok, 1 a run failed, 2 bad configuration
+    main()  # exit code: 0 all runs ok (or claimed by another process), 1 a run failed, 2 bad configuration

@@ -1,4 +1,5 @@
-"""Collect stitching records into tables, aggregate over seeds, draw the papers' figures.
+"""Collect stitching records into tables, aggregate over seeds, draw the papers' figures
+(installed: ``stitch-sweep``; code: ``stitch/commands/sweep.py``).
 
     python sweep.py inputs=[results/p1_fig2_smoke] figures=[p1_fig2] out=figures/fig-p1-2/smoke
     python sweep.py inputs='[results/*]' out=figures/all          # every figure the records support
@@ -10,18 +11,7 @@ Writes <out>/runs.{csv,parquet} (one row per run, failed ones included),
 <out>/history.{csv,parquet} (tracked TLM steps), <out>/failed.csv and the figures
 (PNG + PDF). See docs/sweeps.md.
 """
-import hydra
-from omegaconf import DictConfig
-
-from stitch import cli
-from stitch.sweep.report import run_sweep
-
-
-@hydra.main(config_path="conf", config_name="sweep", version_base="1.3")
-@cli.job
-def sweep(cfg: DictConfig) -> int:
-    return run_sweep(cli.to_dict(cfg))
-
+from stitch.commands.sweep import main
 
 if __name__ == "__main__":
-    cli.main(sweep)  # exit code: 0 ok, 1 strict=true and something missing, 2 bad configuration or inputs
+    main()  # exit code: 0 ok, 1 strict=true and something missing, 2 bad configuration or inputs

@@ -1,27 +1,10 @@
-"""Train donor networks into the model store.
+"""Train donor networks into the model store (installed: ``stitch-train``; code: ``stitch/commands/train_models.py``).
 
     python train_models.py                                   # Tiny-10 on digits, seed 0
     python train_models.py -m model=tiny10,resnet20 seed=0,1,2
     python train_models.py data=cifar10 model=resnet18 epochs=100 trainer=gpu
 """
-import hydra
-from omegaconf import DictConfig
-
-from stitch import cli
-from stitch.settings import check_train
-
-
-@hydra.main(config_path="conf", config_name="train", version_base="1.3")
-@cli.job
-def train(cfg: DictConfig) -> int:
-    c = cli.to_dict(cfg)
-    check_train(c)
-    from stitch.donors import train_donor  # after the check: a typo fails before Lightning loads (seconds)
-
-    train_donor(c["data"], c["model"], c["optim"], c["trainer"], c["epochs"], c["seed"], c["store"], c["logger"],
-                force=c["force"])
-    return 0  # failed runs: a failed training raises
-
+from stitch.commands.train_models import main
 
 if __name__ == "__main__":
-    cli.main(train)  # exit code: 0 trained (or already in the store), 1 failed, 2 bad configuration
+    main()  # exit code: 0 trained (or already in the store), 1 failed, 2 bad configuration

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 # keys of the config that do not change a run's result (excluded from its identity)
 _NON_SEMANTIC = {"tlm", "dm", "force", "results_dir", "store", "logger", "print_table", "device", "study", "layer",
-                 "target_layer", "method", "donor", "cache", "batch_size", "save_stitch", "fold_batchnorm"}
+                 "target_layer", "method", "donor", "cache", "batch_size", "save_stitch", "fold_batchnorm",
+                 "channels_last"}
 # where things are read from, not what is computed: moving the data or the weights file keeps a run's identity
 _DATA_LOCATION = {"root", "download", "cache", "num_workers", "layout"}
 _MODEL_LOCATION = {"weights"}
@@ -259,6 +260,11 @@ def run_study(cfg: dict) -> list[dict]:
             m1 = m2 = fold_batchnorm(m1, {L for L, _ in pairs} | {M for _, M in pairs})
         else:
             m1, m2 = fold_batchnorm(m1, {L for L, _ in pairs}), fold_batchnorm(m2, {M for _, M in pairs})
+    if cfg.get("channels_last", True):  # NHWC convolutions: faster on CPUs (oneDNN) and GPUs with AMP
+        from .models.fold import to_channels_last
+
+        for m in {id(m1): m1, id(m2): m2}.values():
+            to_channels_last(m)
     load_s = time.time() - t0
     cache_cfg = cfg.get("cache") or {}
     budget = cache_cfg.get("budget_gb", "auto")

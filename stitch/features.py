@@ -20,6 +20,7 @@ import torch
 
 from .data.base import ImageDataModule
 from .models import StitchableNetwork
+from .models.fold import as_input_for
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +106,12 @@ class FeatureSource:
     @torch.no_grad()
     def front(self, x: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.precision):
-            return self.m1.forward_to(x, self.layer)
+            return self.m1.forward_to(as_input_for(self.m1, x), self.layer)
 
     @torch.no_grad()
     def target(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(self.device, self.precision):
-            b = self.m2.forward_to(x, self.target_layer)
+            b = self.m2.forward_to(as_input_for(self.m2, x), self.target_layer)
             z2 = self.m2.forward_from(b, self.target_layer)
         return b, z2.float()
 

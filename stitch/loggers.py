@@ -3,13 +3,29 @@
 W&B mode: ``online`` only when asked for or when an API key is configured;
 otherwise ``offline`` (sync later with ``wandb sync``). The API key is never
 written to configs, logs or results.
+
+W&B never blocks or fails a study: the mode is decided once per process, up front
+(``decide_wandb_mode``): an online mode first checks that the W&B host answers (a TCP
+connect with a ~2 s timeout, ``check_host``/``check_timeout_s`` in
+``conf/logger/wandb.yaml``) and falls back to offline with a warning when it does not.
+``WandbRun`` turns any exception from wandb (import, init, log, finish) into a warning,
+kept in ``WandbRun.warnings`` (stitching runs copy them into their record).
 """
 from __future__ import annotations
 
+import logging
 import netrc
 import os
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "api.wandb.ai"
+DEFAULT_CHECK_TIMEOUT_S = 2.0
+_decided: dict[tuple, tuple[str, str | None]] = {}  # (mode, host, port, timeout) -> (mode, warning)
 
 
 def wandb_mode(requested: str | None) -> str:
@@ -19,11 +35,60 @@ def wandb_mode(requested: str | None) -> str:
         return "online"
     try:
         rc = netrc.netrc(os.path.expanduser("~/.netrc"))
-        if rc.authenticators("api.wandb.ai"):
+        if rc.authenticators(DEFAULT_HOST):
             return "online"
     except (OSError, netrc.NetrcParseError):
         pass
     return "offline"
+
+
+def check_target(cfg: dict[str, Any] | None) -> tuple[str, int] | None:
+    """The (host, port) the connectivity check connects to; None: no check.
+
+    ``check_host``: ``auto`` (``WANDB_BASE_URL``, else api.wandb.ai:443), ``host:port``, or
+    ``none``/null/false to skip the check."""
+    spec = (cfg or {}).get("check_host", "auto")
+    if spec in (None, False, "none", "off", ""):
+        return None
+    if spec == "auto":
+        url = urlsplit(os.environ.get("WANDB_BASE_URL") or f"https://{DEFAULT_HOST}")
+        return url.hostname or DEFAULT_HOST, url.port or (80 if url.scheme == "http" else 443)
+    host, _, port = str(spec).rpartition(":")
+    if not host:
+        return str(spec), 443
+    return host.strip("[]"), int(port)
+
+
+def reachable(host: str, port: int, timeout_s: float = DEFAULT_CHECK_TIMEOUT_S) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def decide_wandb_mode(cfg: dict[str, Any] | None) -> tuple[str, str | None]:
+    """(mode, warning): the requested/auto mode, or ``offline`` when online is unreachable.
+
+    Decided once per process for each setting (a sweep's jobs in one process check once)."""
+    cfg = cfg or {}
+    mode = wandb_mode(cfg.get("mode"))
+    if mode != "online":
+        return mode, None
+    target = check_target(cfg)
+    if target is None:
+        return mode, None
+    timeout = float(cfg.get("check_timeout_s") or DEFAULT_CHECK_TIMEOUT_S)
+    key = (mode, *target, timeout)
+    if key not in _decided:
+        if reachable(*target, timeout):
+            _decided[key] = (mode, None)
+        else:
+            msg = (f"W&B host {target[0]}:{target[1]} did not answer within {timeout:g} s: logging offline "
+                   f"instead (upload later with `wandb sync <run dir>`)")
+            log.warning(msg)
+            _decided[key] = ("offline", msg)
+    return _decided[key]
 
 
 def lightning_logger(cfg: dict[str, Any] | None, name: str, config: dict | None = None):
@@ -40,31 +105,75 @@ def lightning_logger(cfg: dict[str, Any] | None, name: str, config: dict | None 
         from pytorch_lightning.loggers import WandbLogger
 
         os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
+        mode, _ = decide_wandb_mode(cfg)
         return WandbLogger(project=cfg.get("project", "model-stitching"), entity=cfg.get("entity"),
                            group=cfg.get("group"), name=name, save_dir=str(save_dir), tags=list(cfg.get("tags") or []),
-                           mode=wandb_mode(cfg.get("mode")), config=config)
+                           mode=mode, config=config)
     raise ValueError(f"unknown logger {kind!r}; use csv, wandb or none")
 
 
 class WandbRun:
-    """A plain W&B run for non-Lightning code (stitching runs, sweep reports)."""
+    """A plain W&B run for non-Lightning code (stitching runs, sweep reports) that never raises.
+
+    A failure of wandb (not installed, init, log, finish) is logged once as a warning and kept
+    in ``warnings``; the run then does nothing more (``active`` is False)."""
 
     def __init__(self, cfg: dict[str, Any], name: str, config: dict | None = None, job_type: str = "stitch"):
-        import wandb
+        self.warnings: list[str] = []
+        self.wandb = None
+        self.run = None
+        mode, note = decide_wandb_mode(cfg)
+        if note:
+            self.warnings.append(note)
+        try:
+            import wandb
 
-        os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
-        self.wandb = wandb
-        self.run = wandb.init(project=cfg.get("project", "model-stitching"), entity=cfg.get("entity"),
-                              group=cfg.get("group"), name=name, dir=str(cfg.get("save_dir") or "outputs"),
-                              tags=list(cfg.get("tags") or []), mode=wandb_mode(cfg.get("mode")),
-                              config=config, job_type=job_type, reinit="finish_previous")
+            self.wandb = wandb
+            os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
+            self.run = wandb.init(project=cfg.get("project", "model-stitching"), entity=cfg.get("entity"),
+                                  group=cfg.get("group"), name=name, dir=str(cfg.get("save_dir") or "outputs"),
+                                  tags=list(cfg.get("tags") or []), mode=mode, config=config, job_type=job_type,
+                                  reinit="finish_previous")
+        except Exception as e:  # noqa: BLE001 - W&B must never stop the work it records
+            self._failed("init", e)
+
+    @property
+    def active(self) -> bool:
+        return self.run is not None
+
+    def _failed(self, what: str, e: BaseException) -> None:
+        msg = f"W&B {what} failed ({type(e).__name__}: {str(e).strip()[:300]}); going on without W&B for this run"
+        log.warning(msg)
+        self.warnings.append(msg)
+
+    def _call(self, what: str, fn, *args, **kwargs) -> None:
+        if self.run is None:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            self._failed(what, e)
+            self.finish(quiet=True)
+
+    def define_metric(self, name: str, step_metric: str) -> None:
+        self._call("define_metric", lambda: self.run.define_metric(name, step_metric=step_metric))
 
     def log(self, metrics: dict, step: int | None = None) -> None:
-        self.run.log(metrics, step=step)
+        self._call("log", lambda: self.run.log(metrics, step=step))
 
     def summary(self, metrics: dict) -> None:
-        for k, v in metrics.items():
-            self.run.summary[k] = v
+        def put():
+            for k, v in metrics.items():
+                self.run.summary[k] = v
 
-    def finish(self, exit_code: int = 0) -> None:
-        self.run.finish(exit_code=exit_code)
+        self._call("summary", put)
+
+    def finish(self, exit_code: int = 0, quiet: bool = False) -> None:
+        run, self.run = self.run, None
+        if run is None:
+            return
+        try:
+            run.finish(exit_code=exit_code)
+        except Exception as e:  # noqa: BLE001
+            if not quiet:
+                self._failed("finish", e)

@@ -84,7 +84,7 @@ STITCH_TOP = {
     "layer": LAYERS, "target_layer": or_null(LAYERS),
     "device": DEVICE, "precision": PRECISION, "batch_size": POS_INT, "train_limit": or_null(POS_INT),
     "test_limit": or_null(POS_INT), "force": BOOL, "save_stitch": BOOL, "fold_batchnorm": BOOL,
-    "print_table": BOOL,
+    "channels_last": BOOL, "print_table": BOOL,
     "donor.train_missing": BOOL, "donor.epochs": POS_INT,
 }
 CACHE = {"enabled": BOOL, "budget_gb": Rule(lambda v: v == "auto" or POSITIVE.ok(v), "auto or a number > 0"),

@@ -12,6 +12,8 @@ __version__ = "0.1.0"
 def code_version() -> str:
     """Package version plus the git commit (and ``+dirty``) when run from a checkout."""
     root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():  # an installed copy: do not report the commit of a repository it sits in
+        return __version__
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=5).stdout.strip()

@@ -80,8 +80,13 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
 
 
 def train_task_loss(net: StitchedNetwork, source: FeatureSource, cfg: dict[str, Any], multilabel: bool,
-                    seed: int = 0, on_track: Callable[[int, StitchedNetwork], dict] | None = None) -> dict:
-    """Train ``net.stitch`` in place; returns {"steps", "final_loss", "history", "seconds"}."""
+                    seed: int = 0, on_track: Callable[[int, StitchedNetwork], dict] | None = None,
+                    on_epoch: Callable[[int, int, dict], None] | None = None) -> dict:
+    """Train ``net.stitch`` in place; returns {"steps", "final_loss", "history", "seconds"}.
+
+    ``on_epoch(epoch, epochs, {"loss": mean loss of the epoch, "lr": ...})`` is called after each
+    epoch (1-based), e.g. for progress lines or an experiment logger; it reads the loss once per
+    epoch, which the finiteness check below does anyway."""
     device = source.device
     params = [p for p in net.stitch.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.get("lr", 1e-3), weight_decay=cfg.get("weight_decay", 0.0))
@@ -132,6 +137,8 @@ def train_task_loss(net: StitchedNetwork, source: FeatureSource, cfg: dict[str, 
         loss_value = float(loss.detach()) if step else float("nan")
         if not math.isfinite(loss_value):
             raise TrainingDiverged(f"TLM loss became {loss_value} in epoch {epoch}; try a lower method.lr or init=dm")
+        if on_epoch is not None and epoch_steps:
+            on_epoch(epoch + 1, epochs, {"loss": float(epoch_sum) / epoch_steps, "lr": opt.param_groups[0]["lr"]})
     if step:
         final, begin = float(epoch_sum) / epoch_steps, float(first_loss)
         chance = chance_loss(logits.shape[1], cfg, multilabel)

@@ -25,7 +25,7 @@ from . import DonorKey, exists, load_meta, load_state, match_state, sanity_floor
 
 log = logging.getLogger(__name__)
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"  # the packaged configs (stitch/conf)
 
 #: one command per released network of paper 1 (shared/data/released-drfrankenstein)
 PRESETS: dict[str, dict[str, Any]] = {

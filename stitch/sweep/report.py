@@ -102,6 +102,8 @@ def log_report(lcfg: dict, cfg: dict, tables: dict[str, pd.DataFrame], images: d
     run = WandbRun({**lcfg, "group": lcfg.get("group") or (studies[0] if len(studies) == 1 else "sweeps")},
                    name=name, config={"inputs": cfg.get("inputs"), "figures": list(images), "studies": studies,
                                       "out": str(out)}, job_type="sweep-report")
+    if not run.active:  # W&B unavailable: the warning is logged, the tables and figures are on disk
+        return
     wandb = run.wandb
     payload = {}
     for tname in ("aggregate", "runs"):

@@ -1,0 +1,27 @@
+"""``stitch-train`` (= ``python train_models.py``): train donor networks into the model store.
+
+    stitch-train                                   # Tiny-10 on digits, seed 0
+    stitch-train -m model=tiny10,resnet20 seed=0,1,2
+    stitch-train data=cifar10 model=resnet18 epochs=100 trainer=gpu
+"""
+import hydra
+from omegaconf import DictConfig
+
+from stitch import cli
+from stitch.settings import check_train
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@cli.job
+def train(cfg: DictConfig) -> int:
+    c = cli.to_dict(cfg)
+    check_train(c)
+    from stitch.donors import train_donor  # after the check: a typo fails before Lightning loads (seconds)
+
+    train_donor(c["data"], c["model"], c["optim"], c["trainer"], c["epochs"], c["seed"], c["store"], c["logger"],
+                force=c["force"])
+    return 0  # failed runs: a failed training raises
+
+
+def main() -> None:
+    cli.main(train)  # exit code: 0 trained (or already in the store), 1 failed, 2 bad configuration
