@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
@@ -9,36 +10,19 @@ import pytorch_lightning as pl
 import torch
 
 from . import data as data_lib
-from . import models, store
+from . import checkpointing, models, store
 from .loggers import lightning_logger
-from .training import DonorModule, accuracy_metric
+from .evaluation import model_accuracy
+from .hardware import hardware_name
+from .training import DonorModule, as_lightning
 
 log = logging.getLogger(__name__)
 
 
-# keys of conf/data/*.yaml read by other parts of the config (e.g. the TLM recipe)
-_NOT_DATAMODULE_OPTIONS = {"name", "tlm_lr"}
-
-
-def datamodule_from_cfg(data_cfg: dict[str, Any], **overrides) -> data_lib.ImageDataModule:
-    opts = {k: v for k, v in dict(data_cfg).items() if k not in _NOT_DATAMODULE_OPTIONS}
-    opts.update(overrides)
-    return data_lib.build(data_cfg["name"], **opts)
-
-
-def donor_key(data_cfg: dict, model_cfg: dict, seed: int) -> store.DonorKey:
-    return store.DonorKey.make(data_cfg["name"], model_cfg["name"], seed, dict(model_cfg.get("options") or {}))
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, dm: data_lib.ImageDataModule, split: str = "test",
-             device: str | torch.device = "cpu", batch_size: int = 512) -> float:
-    """Exact accuracy over a split (top-1, or mean per-attribute accuracy for multi-label sets)."""
-    model.eval()
-    metric = accuracy_metric(dm.num_classes, dm.multilabel, sync=False).to(device)
-    for x, y in dm.batches(split, batch_size, device=device):
-        metric.update(model(x), y)
-    return float(metric.compute())
+# light helpers that now live where they belong; kept importable from here
+datamodule_from_cfg = data_lib.from_config
+donor_key = store.donor_key
+evaluate = model_accuracy
 
 
 def train_donor(data_cfg: dict, model_cfg: dict, optim_cfg: dict, trainer_cfg: dict, epochs: int, seed: int,
@@ -63,32 +47,35 @@ def train_donor(data_cfg: dict, model_cfg: dict, optim_cfg: dict, trainer_cfg: d
                                                  or not torch.cuda.is_available()):
         log.info("sync_batchnorm needs GPUs: off for this CPU run (gloo)")
         trainer_kwargs["sync_batchnorm"] = False
+    if trainer_kwargs.get("enable_progress_bar", "auto") in ("auto", None):  # a bar on terminals, not in logs
+        trainer_kwargs["enable_progress_bar"] = sys.stderr.isatty()
+    # a checkpoint after every epoch, outside the donor's directory: a killed training resumes from it
+    ckpt_dir = checkpointing.checkpoint_dir(store.store_root(store_root), key)
+    ckpt_path, epochs_done = checkpointing.resume_point(ckpt_dir, config)
+    if ckpt_path:
+        log.info("donor %s: resuming the interrupted training after epoch %d of %d (%s)", key, epochs_done, epochs,
+                 ckpt_path)
     trainer = pl.Trainer(max_epochs=epochs, logger=lightning_logger(logger_cfg, name=str(key).replace("/", "_"),
                                                                    config=config),
-                         enable_checkpointing=False, enable_model_summary=False, **trainer_kwargs)
+                         enable_checkpointing=True, callbacks=[checkpointing.LastCheckpoint(ckpt_dir)],
+                         enable_model_summary=False, **trainer_kwargs)
     start = time.time()
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, datamodule=as_lightning(dm), ckpt_path=ckpt_path)
     seconds = time.time() - start
     meta: dict = {}
     if trainer.is_global_zero:
         device = next(net.parameters()).device
         metrics = {"test_acc": evaluate(net, dm, "test", device), "val_acc": evaluate(net, dm, "val", device),
-                   "train_seconds": seconds, "epochs": epochs}
+                   "train_seconds": seconds, "epochs": epochs, "epochs_done": int(trainer.current_epoch)}
         meta = {"num_classes": dm.num_classes, "in_channels": dm.input_shape[0], "input_shape": list(dm.input_shape),
                 "multilabel": dm.multilabel, "normalize": dm.normalize, "metrics": metrics, "config": config,
                 "hardware": hardware_name(device)}
+        if ckpt_path:
+            meta["resumed_from_epoch"] = epochs_done  # epochs done before the interruption
         path = store.save(key, net, meta, store_root)
+        checkpointing.remove(ckpt_dir)
         log.info("donor %s: test acc %.4f after %d epochs (%.1f s) -> %s", key, metrics["test_acc"], epochs,
                  seconds, path)
     if trainer.world_size > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return meta
-
-
-def hardware_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import os
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"

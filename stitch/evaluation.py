@@ -43,6 +43,18 @@ def _soft_ce(logits: torch.Tensor, target_logits: torch.Tensor, multilabel: bool
     return -(torch.softmax(target_logits, 1) * torch.log_softmax(logits, 1)).sum(1)
 
 
+@torch.no_grad()
+def model_accuracy(model: torch.nn.Module, dm, split: str = "test", device: str | torch.device = "cpu",
+                   batch_size: int = 512) -> float:
+    """Exact accuracy of a network over a split (top-1, or mean per-attribute accuracy for multi-label sets)."""
+    model.eval()
+    total, n = torch.zeros((), dtype=torch.float64), 0
+    for x, y in dm.batches(split, batch_size, device=device):
+        total += _correct(model(x).float(), y, dm.multilabel).sum().double().cpu()
+        n += len(y)
+    return float(total / max(n, 1))
+
+
 def representation_pair(x: torch.Tensor, y: torch.Tensor, mode: str = "rows") -> tuple[torch.Tensor, torch.Tensor]:
     """Two activations as 2-D matrices with matching rows.
 

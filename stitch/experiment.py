@@ -6,6 +6,17 @@ record that already exists with ``status: ok`` is skipped unless ``force=true``;
 run that fails (e.g. a diverged loss) is recorded with ``status: failed`` and the
 study goes on. Donors, the data and cached activations are shared by all runs of
 the study, which is what makes ``layer=all`` cheap.
+
+Several processes may work on one study (two terminals, parallel launcher jobs, several
+machines on a shared file system): each run is claimed first (``stitch/claims.py``), so
+every run is done once. A run claimed by another live process is not waited for: it is
+returned as ``status: claimed`` (``claimed_by: host:pid``, no record written) and counts as
+neither ok nor failed. Progress is logged per run with an ETA (``stitch/progress.py``).
+
+Settings read here without a default in ``conf/stitch.yaml`` (pass them with ``+``, e.g.
+``+claim_timeout_s=3600``): ``claim_timeout_s`` (6 h: when a claim of another host counts as
+abandoned) and ``progress_every_s`` (30: seconds between TLM epoch lines when stderr is not
+a terminal). Neither is part of a run's identity.
 """
 from __future__ import annotations
 
@@ -13,7 +24,9 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import os
 import re
+import socket
 import time
 import traceback
 from dataclasses import dataclass
@@ -22,8 +35,10 @@ from typing import Any
 
 import torch
 
-from . import settings, store
-from .donors import datamodule_from_cfg, donor_key, hardware_name, train_donor
+from . import claims, settings, store
+from .data import from_config as datamodule_from_cfg
+from .hardware import hardware_name
+from .store import donor_key
 from .errors import CheckpointError, ConfigError
 from .evaluation import evaluate
 from .features import ActivationCache, FeatureSource, resolve_cache_dtype, resolve_precision
@@ -31,6 +46,7 @@ from .fileio import read_json, save_torch, write_json
 from .matching import MatchingStatistics, solve
 from .matching.task_loss import linear_cka_torch, train_task_loss
 from .models import StitchableNetwork
+from .progress import StudyProgress
 from .stitching import StitchedNetwork, build_stitching_layer, to_rows
 from .version import code_version
 
@@ -39,7 +55,7 @@ log = logging.getLogger(__name__)
 # keys of the config that do not change a run's result (excluded from its identity)
 _NON_SEMANTIC = {"tlm", "dm", "force", "results_dir", "store", "logger", "print_table", "device", "study", "layer",
                  "target_layer", "method", "donor", "cache", "batch_size", "save_stitch", "fold_batchnorm",
-                 "channels_last"}
+                 "channels_last", "claim_timeout_s", "progress_every_s"}
 # where things are read from, not what is computed: moving the data or the weights file keeps a run's identity
 _DATA_LOCATION = {"root", "download", "cache", "num_workers", "layout"}
 _MODEL_LOCATION = {"weights"}
@@ -76,6 +92,8 @@ def get_donor(cfg: dict, which: str, device: torch.device) -> tuple[StitchableNe
                                   f"{store.store_root(cfg['store']).resolve()}; train it with:\n  "
                                   f"{key.train_command(cfg['store'])}\n(or run with donor.train_missing=true)")
         else:
+            from .donors import train_donor  # Lightning: imported only when a donor is trained
+
             log.info("donor %s missing: training it now (donor.train_missing=true)", key)
             d = cfg["donor"]
             train_donor(cfg["data"], mcfg, d["optim"], d["trainer"], d["epochs"], mcfg["seed"], cfg["store"],
@@ -203,7 +221,8 @@ def fit_direct(ctx: PairContext, mcfg: dict) -> tuple[StitchedNetwork, dict]:
     return net, info
 
 
-def fit_task_loss(ctx: PairContext, mcfg: dict, seed: int, multilabel: bool) -> tuple[StitchedNetwork, dict]:
+def fit_task_loss(ctx: PairContext, mcfg: dict, seed: int, multilabel: bool, on_epoch=None
+                  ) -> tuple[StitchedNetwork, dict]:
     torch.manual_seed(seed)
     net = ctx.new_network(mcfg.get("rank"))
     init = mcfg.get("init", "random")
@@ -227,7 +246,7 @@ def fit_task_loss(ctx: PairContext, mcfg: dict, seed: int, multilabel: bool) -> 
             acc = (logits.argmax(1) == probe.y).float().mean() if not multilabel else None
             return {"cka": float(linear_cka_torch(s, probe.b)), "r2": float(r2), "cross_entropy": float(ce),
                     "stitched_acc": None if acc is None else float(acc)}
-    info = train_task_loss(net, ctx.source, mcfg, multilabel, seed=seed, on_track=track)
+    info = train_task_loss(net, ctx.source, mcfg, multilabel, seed=seed, on_track=track, on_epoch=on_epoch)
     info["fit_s"] = info.pop("seconds")
     if mcfg.get("l1"):
         info["sparsity"] = float((net.stitch.matrix.abs() < mcfg.get("zero_threshold", 1e-4)).float().mean())
@@ -276,6 +295,10 @@ def run_study(cfg: dict) -> list[dict]:
     donors = {"model1": {"key": str(key1), "sha256": meta1.get("sha256"), "test_acc": meta1["metrics"]["test_acc"]},
               "model2": {"key": str(key2), "sha256": meta2.get("sha256"), "test_acc": meta2["metrics"]["test_acc"]}}
     records = []
+    progress = StudyProgress(len(pairs) * len(methods), every_s=float(cfg.get("progress_every_s", 30)), start=t0)
+    claim_timeout = float(cfg.get("claim_timeout_s") or claims.DEFAULT_TIMEOUT_S)
+    study_start = time.time()
+    wandb_cfg = _wandb_config(cfg)  # online or offline is decided here, once
     for L, M in pairs:
         source = FeatureSource(m1, m2, L, M, dm, device, precision, cache, resolve_cache_dtype(
             cache_cfg.get("dtype", "auto"), device), batch_size=cfg.get("batch_size", 256),
@@ -284,68 +307,146 @@ def run_study(cfg: dict) -> list[dict]:
         for name, mcfg in methods.items():
             slug, semantic = run_identity(cfg, L, M, name)
             path = record_path(cfg, slug)
-            done = None if cfg.get("force") else finished(path)
-            if done is not None and cfg.get("save_stitch") and not stitch_path(cfg, slug).is_file():
-                done = None  # finished before save_stitch was on: redo it to get the stitching layer
+            label = f"layer={L} -> {M} {name}"
+            done = _done_before(cfg, path, slug)
             if done is not None:
                 log.info("skip %s (finished; force=true reruns)", slug)
+                progress.skip(label, "skipped (finished)")
                 records.append(done)
                 continue
-            rec = {"run": slug, "study": cfg.get("study"), "layer": L, "target_layer": M, "method": name,
-                   "kind": mcfg["kind"], "variant": mcfg.get("name"), "seed": cfg["seed"], "data": cfg["data"]["name"],
-                   "model1": {**cfg["model1"], **donors["model1"]}, "model2": {**cfg["model2"], **donors["model2"]},
-                   "self_stitch": key1 == key2, "config": semantic, "code_version": code_version(),
-                   "device": str(device), "precision": precision,
-                   "hardware": hardware_name(device),
-                   "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-            t = time.time()
-            try:
-                if mcfg["kind"] == "dm":
-                    net, info = fit_direct(ctx, mcfg)
-                else:
-                    net, info = fit_task_loss(ctx, mcfg, cfg["seed"], dm.multilabel)
-                t_eval = time.time()
-                metrics = evaluate(net, source, dm.multilabel, "test", sim.get("indices", []),
-                                   sim.get("samples", 500), sim.get("mode", "rows"), sim.get("raw", True))
-                if (cfg.get("ood") or {}).get("enabled"):
-                    from .ood import ood_metrics
+            claim, holder = claims.acquire(claims.claim_path(cfg["results_dir"], slug), claim_timeout)
+            if claim is None:  # another live process does this run: not waited for, not recorded here
+                progress.skip(label, f"claimed by {holder}")
+                records.append({"run": slug, "study": cfg.get("study"), "layer": L, "target_layer": M, "method": name,
+                                "kind": mcfg["kind"], "variant": mcfg.get("name"), "seed": cfg["seed"],
+                                "status": "claimed", "claimed_by": str(holder)})
+                continue
+            try:  # the claim is released when the record is written, and on any exception
+                done = _done_before(cfg, path, slug, since=study_start)
+                if done is not None:  # finished by another process after this one looked
+                    progress.skip(label, "skipped (finished by another process)")
+                    records.append(done)
+                    continue
+                rec = {"run": slug, "study": cfg.get("study"), "layer": L, "target_layer": M, "method": name,
+                       "kind": mcfg["kind"], "variant": mcfg.get("name"), "seed": cfg["seed"],
+                       "data": cfg["data"]["name"], "model1": {**cfg["model1"], **donors["model1"]},
+                       "model2": {**cfg["model2"], **donors["model2"]}, "self_stitch": key1 == key2,
+                       "config": semantic, "code_version": code_version(), "device": str(device),
+                       "precision": precision, "hardware": hardware_name(device), "host": _HOST, "pid": os.getpid(),
+                       "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "warnings": []}
+                run_progress = progress.start(label)
+                wb = _open_wandb(wandb_cfg, slug, semantic, name)
+                t = time.time()
+                try:
+                    if mcfg["kind"] == "dm":
+                        net, info = fit_direct(ctx, mcfg)
+                    else:
+                        net, info = fit_task_loss(ctx, mcfg, cfg["seed"], dm.multilabel,
+                                                  on_epoch=_epoch_callback(run_progress, wb))
+                    t_eval = time.time()
+                    metrics = evaluate(net, source, dm.multilabel, "test", sim.get("indices", []),
+                                       sim.get("samples", 500), sim.get("mode", "rows"), sim.get("raw", True))
+                    if (cfg.get("ood") or {}).get("enabled"):
+                        from .ood import ood_metrics
 
-                    metrics.update(ood_metrics(net, source, key2, cfg, dm))
-                history = info.pop("history", None)
-                if cfg.get("save_stitch"):
-                    # written before the record, so a record with stitch_file always has its file
-                    save_torch(stitch_path(cfg, slug),
-                               {k: v.detach().cpu().clone() for k, v in net.stitch.state_dict().items()})
-                    rec["stitch_file"] = f"stitches/{slug}.pt"
-                rec.update(status="ok", metrics=metrics, fit=info, history=history, timings={
-                    "fit_s": info.get("fit_s"), "eval_s": time.time() - t_eval, "run_s": time.time() - t})
-            except (KeyboardInterrupt, ConfigError):
-                raise
-            except Exception as e:  # recorded, and the study goes on
-                log.error("run %s failed: %s", slug, e)
-                rec.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(),
-                           timings={"run_s": time.time() - t})
-            rec["timings"]["study_load_s"] = load_s
-            write_json(path, rec)
-            _log_wandb(cfg, rec)
-            records.append(rec)
+                        metrics.update(ood_metrics(net, source, key2, cfg, dm))
+                    history = info.pop("history", None)
+                    if cfg.get("save_stitch"):
+                        # written before the record, so a record with stitch_file always has its file
+                        save_torch(stitch_path(cfg, slug),
+                                   {k: v.detach().cpu().clone() for k, v in net.stitch.state_dict().items()})
+                        rec["stitch_file"] = f"stitches/{slug}.pt"
+                    rec.update(status="ok", metrics=metrics, fit=info, history=history, timings={
+                        "fit_s": info.get("fit_s"), "eval_s": time.time() - t_eval, "run_s": time.time() - t})
+                except (KeyboardInterrupt, ConfigError):
+                    if wb is not None:
+                        wb.finish(exit_code=1, quiet=True)
+                    raise
+                except Exception as e:  # recorded, and the study goes on
+                    log.error("run %s failed: %s", slug, e)
+                    rec.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(),
+                               timings={"run_s": time.time() - t})
+                rec["timings"]["study_load_s"] = load_s
+                if wb is not None:
+                    _finish_wandb(wb, rec)
+                    rec["warnings"] += wb.warnings
+                write_json(path, rec)
+                run_progress.done(rec["status"])
+                records.append(rec)
+            finally:
+                claim.release()
         if cache is not None and len(pairs) > 1 and cfg.get("target_layer") is None:
             cache.clear()  # layer=all without a matrix: activations of this pair are not needed again
     return records
 
 
-def _log_wandb(cfg: dict, rec: dict) -> None:
+_HOST = socket.gethostname()
+
+
+def _done_before(cfg: dict, path: Path, slug: str, since: float | None = None) -> dict | None:
+    """The finished record of a run that need not be done again, else None.
+
+    Without ``force``: any finished record (with its stitching layer when ``save_stitch``). With
+    ``force`` (``since`` = when this study started): only a record another process wrote since,
+    i.e. a concurrent process of the same forced sweep did the run already."""
+    if not cfg.get("force"):
+        done = finished(path)
+        if done is not None and cfg.get("save_stitch") and not stitch_path(cfg, slug).is_file():
+            return None  # finished before save_stitch was on: redo it to get the stitching layer
+        return done
+    if since is None:
+        return None
+    done = finished(path)
+    if done is None or (done.get("host"), done.get("pid")) == (_HOST, os.getpid()):
+        return None
+    try:
+        return done if path.stat().st_mtime >= since else None
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------------- W&B runs
+# One W&B run per stitching run: project = logger.project, group = the study, job_type = the
+# method, name = the run id, config = the run's semantic config; TLM epochs as tlm/* over
+# tlm/epoch, tracked steps as track/* over track/step, metrics in the summary. W&B problems
+# become warnings in the record (stitch/loggers.py); they never stop the study.
+def _wandb_config(cfg: dict) -> dict | None:
     lcfg = cfg.get("logger") or {}
     if lcfg.get("name") != "wandb":
-        return
+        return None
+    from .loggers import decide_wandb_mode
+
+    wcfg = {**lcfg, "group": lcfg.get("group") or cfg.get("study")}
+    decide_wandb_mode(wcfg)  # a missing network costs one short check per process, not a timeout per run
+    return wcfg
+
+
+def _open_wandb(wcfg: dict | None, slug: str, semantic: dict, method: str):
+    if wcfg is None:
+        return None
     from .loggers import WandbRun
 
-    run = WandbRun({**lcfg, "group": lcfg.get("group") or cfg.get("study")}, name=rec["run"], config=rec["config"])
+    run = WandbRun(wcfg, name=slug, config=semantic, job_type=method)
+    run.define_metric("tlm/*", step_metric="tlm/epoch")
+    run.define_metric("track/*", step_metric="track/step")
+    return run
+
+
+def _epoch_callback(progress, wb):
+    def on_epoch(epoch: int, epochs: int, values: dict) -> None:
+        progress.epoch(epoch, epochs, values)
+        if wb is not None:
+            wb.log({"tlm/epoch": epoch, **{f"tlm/{k}": v for k, v in values.items()}})
+
+    return on_epoch
+
+
+def _finish_wandb(wb, rec: dict) -> None:
     for h in rec.get("history") or []:
-        run.log({f"track/{k}": v for k, v in h.items() if k != "step" and v is not None}, step=h["step"])
-    run.summary({k: v for k, v in (rec.get("metrics") or {}).items() if v is not None})
-    run.summary({"status": rec["status"]})
-    run.finish(exit_code=0 if rec["status"] == "ok" else 1)
+        wb.log({"track/step": h["step"], **{f"track/{k}": v for k, v in h.items() if k != "step" and v is not None}})
+    wb.summary({k: v for k, v in (rec.get("metrics") or {}).items() if v is not None})
+    wb.summary({"status": rec["status"], **({"error": rec["error"]} if rec.get("error") else {})})
+    wb.finish(exit_code=0 if rec["status"] == "ok" else 1)
 
 
 def format_table(records: list[dict]) -> str:
@@ -358,5 +459,8 @@ def format_table(records: list[dict]) -> str:
         vals = [r["layer"], r["target_layer"], r["method"], r["status"], f(m.get("relative_acc")),
                 f(m.get("stitched_acc")), f(m.get("cross_entropy")), f(m.get("dm_structural")),
                 f(m.get("sim/cka"), 2), f((r.get("timings") or {}).get("fit_s"), 1)]
-        lines.append("  ".join(f"{str(v):>{w}}" for v, (_, w) in zip(vals, cols)))
+        line = "  ".join(f"{str(v):>{w}}" for v, (_, w) in zip(vals, cols))
+        if r["status"] == "claimed":  # being done by another process: neither ok nor failed
+            line += f"  claimed by {r.get('claimed_by', '?')}"
+        lines.append(line)
     return "\n".join(lines)

@@ -86,6 +86,8 @@ STITCH_TOP = {
     "test_limit": or_null(POS_INT), "force": BOOL, "save_stitch": BOOL, "fold_batchnorm": BOOL,
     "channels_last": BOOL, "print_table": BOOL,
     "donor.train_missing": BOOL, "donor.epochs": POS_INT,
+    # optional (+claim_timeout_s=..., +progress_every_s=...; stitch/experiment.py)
+    "claim_timeout_s": POSITIVE, "progress_every_s": NONNEG,
 }
 CACHE = {"enabled": BOOL, "budget_gb": Rule(lambda v: v == "auto" or POSITIVE.ok(v), "auto or a number > 0"),
          "dtype": one_of("auto", "float32", "float16", "bfloat16")}

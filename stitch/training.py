@@ -102,3 +102,22 @@ class DonorModule(pl.LightningModule):
         steps = self.trainer.estimated_stepping_batches // max(1, self.epochs)
         opt, sched = build_optimizer(self.model.parameters(), self.optim_cfg, steps, self.epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def as_lightning(dm: ImageDataModule) -> pl.LightningDataModule:
+    """A LightningDataModule serving ``dm``'s dataloaders (the data modules themselves stay Lightning-free)."""
+
+    class _Adapter(pl.LightningDataModule):
+        def setup(self, stage: str | None = None) -> None:
+            dm.setup(stage)
+
+        def train_dataloader(self):
+            return dm.train_dataloader()
+
+        def val_dataloader(self):
+            return dm.val_dataloader()
+
+        def test_dataloader(self):
+            return dm.test_dataloader()
+
+    return _Adapter()

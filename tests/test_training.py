@@ -16,7 +16,7 @@ def test_donors_train_and_are_stored(donor_store):
         assert meta["metrics"]["test_acc"] > 0.9  # chance is 0.1
         assert meta["config"]["seed"] == seed and meta["config"]["epochs"] == 8
         net, _ = store.load(key, donor_store)
-        assert net.layers[0] == "layer1"
+        assert net.layers[0] == "conv1" and net.check_layer("layer1") == "relu1"
 
 
 def test_existing_donor_is_not_retrained(donor_store, caplog):

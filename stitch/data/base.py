@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -63,7 +62,7 @@ class BatchTransform:
         return x
 
 
-class ImageDataModule(pl.LightningDataModule):
+class ImageDataModule:
     """Common interface of every data set.
 
     Attributes set by subclasses in ``setup``: ``num_classes``, ``multilabel``,
@@ -77,7 +76,6 @@ class ImageDataModule(pl.LightningDataModule):
     def __init__(self, batch_size: int = 128, num_workers: int = 0, normalize: bool = True,
                  augment: bool = True, train_subset: int | None = None, test_subset: int | None = None,
                  seed: int = 0):
-        super().__init__()
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.normalize = normalize

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import torch
-from torchvision import transforms
 
 from ..errors import DataNotFoundError
 from .base import StreamingDataModule
@@ -31,6 +30,8 @@ class CelebADataModule(StreamingDataModule):
         self.input_shape = (3, image_size, image_size)
 
     def _tf(self, train: bool):
+        from torchvision import transforms  # here, not at import: torchvision costs a second of start-up
+
         tf = [transforms.Resize(self.image_size), transforms.CenterCrop(self.image_size)]
         if train:
             tf.append(transforms.RandomHorizontalFlip())

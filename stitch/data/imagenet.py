@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from torchvision import datasets, transforms
 
 from ..errors import DataNotFoundError
 from .base import StreamingDataModule
@@ -29,6 +28,8 @@ class ImageNetDataModule(StreamingDataModule):
         self.input_shape = (3, image_size, image_size)
 
     def _tf(self, train: bool):
+        from torchvision import transforms  # here, not at import: torchvision costs a second of start-up
+
         s = self.image_size
         tf = ([transforms.RandomResizedCrop(s), transforms.RandomHorizontalFlip()] if train
               else [transforms.Resize(int(s * 256 / 224)), transforms.CenterCrop(s)])
@@ -44,6 +45,8 @@ class ImageNetDataModule(StreamingDataModule):
                     f"ImageNet not found: {(self.root / split).resolve()} is missing. Put the ILSVRC-2012 images "
                     f"in an image folder root/train/<wnid>/*.JPEG and root/val/<wnid>/*.JPEG, and point "
                     f"data.root=<dir> at it (ImageNet cannot be downloaded automatically).")
+        from torchvision import datasets
+
         return {"train": datasets.ImageFolder(self.root / "train", self._tf(False)),
                 "train_aug": datasets.ImageFolder(self.root / "train", self._tf(True)),
                 "test": datasets.ImageFolder(self.root / "val", self._tf(False))}

@@ -96,6 +96,11 @@ class DonorKey:
         return f"{self.data}/{self.tag}/{self.leaf}"
 
 
+def donor_key(data_cfg: dict, model_cfg: dict, seed: int | str) -> DonorKey:
+    """The store key of a ``conf/model`` entry trained (or imported) on a ``conf/data`` entry."""
+    return DonorKey.make(data_cfg["name"], model_cfg["name"], seed, dict(model_cfg.get("options") or {}))
+
+
 def save(key: DonorKey, model: torch.nn.Module, meta: dict, root: str | Path | None = None) -> Path:
     """Write ``model.pt`` and ``meta.json`` so that both appear (or are replaced) in one rename."""
     d = key.directory(root)

@@ -82,9 +82,9 @@ def import_checkpoint(file: str | Path, *, data_cfg: dict, model_cfg: dict, name
                       renames: Sequence[tuple[str, str]] = (), force: bool = False, evaluate: bool = True,
                       batch_size: int = 500) -> dict:
     """Import one checkpoint as donor ``<data>/<model tag>/<name>``; returns its metadata."""
-    from ..donors import datamodule_from_cfg
-    from ..donors import evaluate as accuracy
-    from ..donors import hardware_name
+    from ..data import from_config as datamodule_from_cfg
+    from ..evaluation import model_accuracy as accuracy
+    from ..hardware import hardware_name
 
     file = Path(file).expanduser()
     key = DonorKey.make(data_cfg["name"], model_cfg["name"], name, model_cfg.get("options"))
