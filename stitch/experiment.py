@@ -288,8 +288,9 @@ def run_study(cfg: dict) -> list[dict]:
     cache_cfg = cfg.get("cache") or {}
     budget = cache_cfg.get("budget_gb", "auto")
     if budget == "auto":
+        # CPU: a third of the RAM (paper 1's Tiny-10 at bn1 needs 5.8 GB for A and B: streaming it costs 4x)
         budget = (0.5 * torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda"
-                  else 4.0)
+                  else max(4.0, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 3 / 2**30))
     cache = ActivationCache(int(float(budget) * 2**30)) if cache_cfg.get("enabled", True) else None
     sim = cfg.get("similarity") or {}
     donors = {"model1": {"key": str(key1), "sha256": meta1.get("sha256"), "test_acc": meta1["metrics"]["test_acc"]},
