@@ -44,3 +44,10 @@ def test_conv_cut_points_are_kept_or_refused():
     with pytest.raises(models.UnknownLayerError):  # folded away: an error, never the BatchNorm output instead
         fast.forward_to(x, "conv4")
     assert fast.check_layer("layer4") == "relu4"  # aliases of the remaining points still resolve
+
+
+def test_other_families_are_returned_unchanged():
+    vit = models.build("vit_tiny", 10, img_size=32, patch_size=8, depth=2)
+    assert fold_batchnorm(vit) is vit
+    tv = models.build("torchvision", 10, arch="resnet18")
+    assert fold_batchnorm(tv) is tv

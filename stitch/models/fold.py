@@ -37,6 +37,11 @@ def fold_batchnorm(net: StitchableNetwork, keep: Iterable[str] = ()) -> Stitchab
 
     Families other than the zoo's conv chains (and residual blocks) are returned unchanged.
     """
+    from .resnet import CifarResNet
+    from .tiny10 import Tiny10
+
+    if not isinstance(net, (Tiny10, CifarResNet)):  # e.g. traced torchvision/timm graphs: left as they are
+        return net
     keep = {net.check_layer(k) for k in keep}
     was_training = net.training
     net.eval()
