@@ -37,10 +37,15 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
         self.path = Path(directory) / LAST
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        # a name of its own: two processes training the same missing donor must not mix their files
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(str(tmp), weights_only=False)  # every rank takes part; rank 0 writes
         if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+            try:
+                os.replace(tmp, self.path)
+            except OSError as e:  # e.g. removed by a concurrent training of the same donor that finished
+                log.warning("could not keep the training checkpoint %s (%s); training goes on", self.path, e)
 
 
 def resume_point(directory: Path, config: dict) -> tuple[str | None, int]:

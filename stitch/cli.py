@@ -1,7 +1,9 @@
 """Helpers shared by the thin entry scripts, and their exit codes.
 
 Exit codes: 0 every run ok; 1 a run failed (recorded as ``status: failed``, or a crash);
-2 bad configuration (a user error: bad value, unknown layer, missing data or donor).
+2 bad configuration (a user error: bad value, unknown layer, missing data or donor). A stitching
+run claimed by another live process (``status: claimed``, see ``stitch/claims.py``) is neither
+ok nor failed: it does not change the code.
 
 Hydra drops the task function's return value, and a multirun may run its jobs in other
 processes (joblib workers, submitit jobs), so the status travels three ways:

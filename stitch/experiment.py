@@ -378,6 +378,9 @@ def run_study(cfg: dict) -> list[dict]:
                 claim.release()
         if cache is not None and len(pairs) > 1 and cfg.get("target_layer") is None:
             cache.clear()  # layer=all without a matrix: activations of this pair are not needed again
+    for i, r in enumerate(records):  # runs claimed by others: not waited for, but shown finished if they are
+        if r["status"] == "claimed":
+            records[i] = finished(record_path(cfg, r["run"])) or r
     return records
 
 

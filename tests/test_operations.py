@@ -232,7 +232,11 @@ def test_unreachable_wandb_falls_back_offline_and_progress_lines(donor_store, tm
     assert len(recs) == 2 and all(r["status"] == "ok" for r in recs)
     for r in recs:
         assert any("did not answer" in w and "offline" in w for w in r["warnings"]), r["warnings"]
-    assert len(list(run_dir.rglob("offline-run-*"))) == 2  # one offline W&B run per stitching run
+    runs = list(run_dir.rglob("offline-run-*"))
+    assert len(runs) == 2  # one offline W&B run per stitching run: config, TLM epochs, metrics
+    data = b"".join(f.read_bytes() for r in runs for f in r.glob("*.wandb"))
+    for needle in (b"tlm/loss", b"tlm/epoch", b"relative_acc", b"method_config"):
+        assert needle in data, needle
     assert seconds < 240, seconds  # no network timeouts (a W&B init timeout alone is 30 s per run)
     # progress: a start and a finish line per run, the finish with elapsed time and ETA; TLM epochs
     assert "[1/2] layer=relu1 -> relu1 tlm  start" in out
@@ -301,15 +305,15 @@ def test_wheel_has_configs_and_commands_that_run_from_anywhere(donor_store, tmp_
     where = subprocess.run([sys.executable, "-c", "import stitch.commands.stitch as m; print(m.__file__)"],
                            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
     assert where.stdout.strip().startswith(str(target)), where.stdout + where.stderr
-    script = target / "bin" / "stitch-run"
-    run = [str(script)] if script.is_file() else [sys.executable, "-c", "from stitch.commands.stitch import main; main()"]
-    p = subprocess.run([*run, f"store={donor_store}", "results_dir=res", *SYNTH_OVERRIDES, *FAST, "method=dm",
+    script = target / "bin" / "stitch-run"  # the console command pip made (its shebang: this Python)
+    assert all((target / "bin" / c).is_file() for c in ("stitch-run", "stitch-train", "stitch-sweep"))
+    p = subprocess.run([str(script), f"store={donor_store}", "results_dir=res", *SYNTH_OVERRIDES, *FAST, "method=dm",
                         "layer=layer1"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     (rec,) = _records(elsewhere / "res")
     assert rec["status"] == "ok" and rec["layer"] == "relu1"
     assert (elsewhere / "outputs").is_dir()  # Hydra's run directory: relative to the working directory
-    listing = subprocess.run([sys.executable, "-c", "from stitch.commands.sweep import main; main()", "list=true"],
+    listing = subprocess.run([str(target / "bin" / "stitch-sweep"), "list=true"],
                              cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert listing.returncode == 0 and "p1_fig2" in listing.stdout, listing.stdout[-2000:] + listing.stderr[-2000:]
 
