@@ -37,6 +37,8 @@ clean:  ## remove results, logs and trained models (keeps .venv)
 # it with sweep.py into $(FIGURES)/<target>/$(SCALE)/ (PNG, PDF, CSV and Parquet tables).
 #   make fig-p1-2                    # smoke scale: digits, Tiny-10 / ResNet-20, minutes on a CPU
 #   make fig-p1-2 SCALE=paper        # the published setting (CIFAR-10 etc.), for GPUs
+#   make fig-p1-2 SCALE=released     # paper 1's released networks + real CIFAR-10 on a CPU (figs 2, 4, 6, 7, 8;
+#                                    # needs ../shared/data, see docs/reproduction.md; skipped without it)
 #   make fig-p2-2 SCALE=paper LAUNCHER=joblib ARGS="hydra.launcher.n_jobs=4"   # 4 GPUs, one job each
 # ARGS: extra stitch.py overrides; SWEEP_ARGS: extra sweep.py overrides; LAUNCHER: a conf/hydra/launcher
 # config (joblib | submitit_local | submitit_slurm). Smoke donors live in $(STORE)/smoke.
@@ -52,7 +54,8 @@ RELEASED_DIR ?= $(SHARED)/released-drfrankenstein
 CIFAR10_JPEG ?= $(SHARED)/cifar10-jpeg
 FIG_STORE = $(if $(filter smoke,$(SCALE)),$(STORE)/smoke,$(if $(filter released,$(SCALE)),$(STORE)/released,$(STORE)))
 SCALE_ARGS = $(if $(filter released,$(SCALE)),data.root=$(CIFAR10_JPEG),)
-HAVE_RELEASED = $(filter 2,$(words $(wildcard $(RELEASED_DIR)/tiny10-cifar10 $(CIFAR10_JPEG)/test.npz)))
+HAVE_RELEASED = $(filter 4,$(words $(wildcard $(RELEASED_DIR)/tiny10-cifar10 $(RELEASED_DIR)/resnet20-w1-cifar10 \
+	$(CIFAR10_JPEG)/train.npz $(CIFAR10_JPEG)/test.npz)))
 SKIP = $(if $(filter released,$(SCALE)),$(if $(HAVE_RELEASED),,1),)
 SKIP_MESSAGE = skipped: SCALE=released needs paper 1's released networks in $(RELEASED_DIR) and CIFAR-10 \
 	(train.npz, test.npz) in $(CIFAR10_JPEG); set SHARED=<dir holding both> or RELEASED_DIR / CIFAR10_JPEG
@@ -69,7 +72,10 @@ define figure_run
 	$(PY) sweep.py inputs=[$(RESULTS)/$(1)_$(SCALE)] figures=[$(2)] out=$(FIGURES)/$(3)/$(SCALE) \
 		store=$(FIG_STORE) $(4) $(SWEEP_ARGS)
 endef
-figure = $(if $(SKIP),@echo "$(3): $(SKIP_MESSAGE)",$(figure_run))
+# a scale without a config for this figure is an error (exit 2), missing shared data a skip (exit 0)
+NO_CONFIG = $(if $(wildcard stitch/conf/experiment/$(1)_$(SCALE).yaml),,1)
+figure = $(if $(call NO_CONFIG,$(1)),@echo "$(3): no SCALE=$(SCALE) config (stitch/conf/experiment/$(1)_$(SCALE).yaml); \
+	SCALE=released covers fig-p1-2 fig-p1-4 fig-p1-6 fig-p1-7 fig-p1-8" >&2; exit 2,$(if $(SKIP),@echo "$(3): $(SKIP_MESSAGE)",$(figure_run)))
 
 released-donors: $(STAMP)  ## import paper 1's released networks (shared data) into $(STORE)/released, once
 	@if [ -z "$(HAVE_RELEASED)" ]; then echo "released-donors: $(SKIP_MESSAGE)"; exit 0; fi; \
@@ -82,7 +88,7 @@ FIG_TARGETS := fig-p1-2 fig-p1-3 fig-p1-4 fig-p1-5 fig-p1-6 fig-p1-7 fig-p1-8 fi
 	fig-p2-1 fig-p2-2 fig-p2-3 fig-p2-4
 .PHONY: figures released-donors $(FIG_TARGETS)
 
-figures: $(FIG_TARGETS)  ## every paper figure below at SCALE=smoke|paper
+figures: $(FIG_TARGETS)  ## every paper figure below at SCALE=smoke|paper (released: fig-p1-2/4/6/7/8)
 
 # SCALE=released: Tiny-10 at bn1..bn8 (the experiment), then ResNet-20 at its block outputs (3 TLM epochs)
 P1_FIG2_RESNET = $(if $(filter released,$(SCALE)),model@model1=resnet20 layer=all tlm.epochs=3,)

@@ -76,14 +76,13 @@ def get_donor(cfg: dict, which: str, device: torch.device) -> tuple[StitchableNe
     """Model ``which`` from the store: imported from ``<which>.weights`` or trained on demand when missing."""
     mcfg = cfg[which]
     key = donor_key(cfg["data"], mcfg, mcfg["seed"])
-    if not store.exists(key, cfg["store"]):
-        if mcfg.get("weights"):  # a local state-dict file: import it once, then use it like any donor
-            from .store.importing import import_checkpoint
+    if mcfg.get("weights"):  # a local state-dict file: imported once (a different file under that name: an error)
+        from .store.importing import import_checkpoint
 
-            log.info("donor %s missing: importing %s", key, mcfg["weights"])
-            import_checkpoint(mcfg["weights"], data_cfg=cfg["data"], model_cfg=mcfg, name=str(mcfg["seed"]),
-                              store_root=cfg["store"], device=device)
-        elif key.imported:
+        import_checkpoint(mcfg["weights"], data_cfg=cfg["data"], model_cfg=mcfg, name=str(mcfg["seed"]),
+                          store_root=cfg["store"], device=device)
+    elif not store.exists(key, cfg["store"]):
+        if key.imported:
             raise CheckpointError(f"no donor {key} for {which} in the model store "
                                   f"{store.store_root(cfg['store']).resolve()}; import it with:\n  "
                                   f"{key.train_command(cfg['store'])}\n(or pass {which}.weights=<file>)")
@@ -258,7 +257,8 @@ def run_study(cfg: dict) -> list[dict]:
     t0 = time.time()
     settings.check_stitch(cfg)  # every typo at once, before data, donors or records
     dm = datamodule_from_cfg(cfg["data"], augment=True)  # constructing it reads no data
-    settings.check_layers(cfg, dm.num_classes)
+    size = getattr(dm, "image_size", 32)  # in-memory sets are 32 px unless they say otherwise
+    settings.check_layers(cfg, dm.num_classes, getattr(dm, "input_shape", None) or (3, size, size))
     device = resolve_device(cfg.get("device", "auto"))
     precision = resolve_precision(str(cfg.get("precision", "auto")), device)
     methods = cfg["method"]

@@ -186,7 +186,7 @@ def check_train(cfg: dict) -> None:
     _raise(_check(cfg, TRAIN_TOP))
 
 
-def check_layers(cfg: dict, num_classes: int) -> None:
+def check_layers(cfg: dict, num_classes: int, input_shape: tuple[int, ...] | None = None) -> None:
     """Reject layer names the two models do not have, using untrained networks (no donor needed).
 
     Names are resolved as ``experiment.layer_pairs`` does (aliases, groups, ``all``), by the networks.
@@ -200,6 +200,16 @@ def check_layers(cfg: dict, num_classes: int) -> None:
     same = all(cfg["model1"].get(k) == cfg["model2"].get(k) for k in ("name", "options"))
     nets = {"model1": m1, "model2": m1 if same else build(cfg["model2"])}
     problems: list[str] = []
+    if input_shape is not None:  # e.g. a 224-px ViT on 32-px images: say so before any donor is trained
+        for which, net in nets.items():
+            try:
+                net.layer_shapes(tuple(input_shape))
+            except Exception as e:  # noqa: BLE001 - any failure here means the input does not fit
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                problems.append(f"{which}={cfg[which]['name']} {cfg[which].get('options') or {}} cannot take "
+                                f"{cfg['data']['name']} images of shape {tuple(input_shape)} ({first}); pick a "
+                                f"matching input size (e.g. model@{which}=vit_tiny_32 or {which}.options.img_size=...)")
+        _raise(problems)
     selected = {}
     for key, which in (("layer", "model1"), ("target_layer", "model2")):
         if cfg.get(key) is not None:

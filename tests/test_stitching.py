@@ -195,5 +195,5 @@ def test_nan_loss_raises_training_diverged(donor_store):
     net = ctx.new_network()
     with torch.no_grad():
         net.stitch.bias.fill_(float("nan"))
-    with pytest.raises(TrainingDiverged, match="try a lower method.lr"):
+    with pytest.raises(TrainingDiverged, match="try a lower tlm.lr"):
         train_task_loss(net, ctx.source, dict(TLM, epochs=1), multilabel=False)

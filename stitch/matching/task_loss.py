@@ -122,7 +122,7 @@ def train_task_loss(net: StitchedNetwork, source: FeatureSource, cfg: dict[str, 
             # checking finiteness syncs the GPU: do it every 50 steps (and at the end of each epoch)
             if step % 50 == 0 and not torch.isfinite(loss):
                 raise TrainingDiverged(f"TLM loss became {loss.item()} at step {step} (epoch {epoch}); "
-                                       f"try a lower method.lr or init=dm")
+                                       f"try a lower tlm.lr or tlm.init=dm")
             if first_loss is None:
                 first_loss = loss.detach()
             epoch_sum, epoch_steps = epoch_sum + loss.detach(), epoch_steps + 1
@@ -136,7 +136,7 @@ def train_task_loss(net: StitchedNetwork, source: FeatureSource, cfg: dict[str, 
                 net.train()
         loss_value = float(loss.detach()) if step else float("nan")
         if not math.isfinite(loss_value):
-            raise TrainingDiverged(f"TLM loss became {loss_value} in epoch {epoch}; try a lower method.lr or init=dm")
+            raise TrainingDiverged(f"TLM loss became {loss_value} in epoch {epoch}; try a lower tlm.lr or tlm.init=dm")
         if on_epoch is not None and epoch_steps:
             on_epoch(epoch + 1, epochs, {"loss": float(epoch_sum) / epoch_steps, "lr": opt.param_groups[0]["lr"]})
     if step:
@@ -144,6 +144,6 @@ def train_task_loss(net: StitchedNetwork, source: FeatureSource, cfg: dict[str, 
         chance = chance_loss(logits.shape[1], cfg, multilabel)
         if not math.isfinite(final) or (final > DIVERGED_FACTOR * begin and final > chance):
             raise TrainingDiverged(f"TLM loss diverged: the last epoch's mean loss is {final:.4g}, up from {begin:.4g} "
-                                   f"at the first step (chance level {chance:.3g}); try a lower method.lr or init=dm")
+                                   f"at the first step (chance level {chance:.3g}); try a lower tlm.lr or tlm.init=dm")
     net.eval()
     return {"steps": step, "final_loss": loss_value, "history": history, "seconds": time.time() - start}

@@ -10,7 +10,7 @@ checkpoints load as they are. Cut points, in three groups:
   the add and the ReLU;
 * ``pre``: the same points before that ReLU, ``layer<stage>.<block>.add`` (the released
   code's ``Add`` module);
-* ``stem``: ``conv1``, ``bn1`` (before the ReLU) and ``relu`` (alias ``stem``).
+* ``stem``: ``conv1``, ``bn1`` (before the ReLU) and ``relu``.
 
 Points inside a block's residual branch are not cut points: the shortcut bypasses
 them, so the rest of the network would still need the block's own input.
@@ -70,8 +70,7 @@ class CifarResNet(StitchableNetwork):
         self.fc = nn.Linear(cin, num_classes)
         self._relus = nn.ModuleList(m for m in stages.values() if isinstance(m, nn.ReLU))
         self._set_chain(stages, _Ref(self._head), register=False, default_group="blocks",
-                        groups={"blocks": post, "pre": pre, "stem": ["conv1", "bn1", "relu"]},
-                        aliases={"stem": "relu"})
+                        groups={"blocks": post, "pre": pre, "stem": ["conv1", "bn1", "relu"]})
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))

@@ -173,12 +173,23 @@ def match_state(net: torch.nn.Module, state: dict, path: Path | str, redo: str) 
     net.load_state_dict(state)
 
 
+def _redo(key: DonorKey, meta: dict, root: str | Path | None) -> str:
+    """The command that remakes a damaged donor: the same import again (forced), or a retrain."""
+    prov = meta.get("provenance") or {}
+    if prov.get("source"):
+        opts = " ".join(f"--option {k}={v}" for k, v in key.options)
+        store = f" --store {store_root(root)}" if key._store_arg(root) else ""
+        return (f"import it again with:\n  python -m stitch.store{store} import {prov['source']} --data {key.data} "
+                f"--model {key.model} {opts} --name {key.seed} --force").replace("  --name", " --name")
+    return "delete it and retrain with:\n  " + key.train_command(root)
+
+
 def load(key: DonorKey, root: str | Path | None = None, device: str | torch.device = "cpu"
          ) -> tuple[models.StitchableNetwork, dict]:
     """Build the donor's network, load its weights (tensors only, hash checked) and return (model in eval mode, meta)."""
     meta = load_meta(key, root)
     path = key.directory(root) / "model.pt"
-    redo = ("import it again with:\n  " if key.imported else "delete it and retrain with:\n  ") + key.train_command(root)
+    redo = _redo(key, meta, root)
     digest = sha256(path)
     if meta.get("sha256") and digest != meta["sha256"]:
         raise CheckpointError(f"checkpoint {path} has sha256 {digest[:16]}… but its metadata records "

@@ -49,6 +49,10 @@ def _import(args) -> int:
     if any(len(r) != 2 for r in renames):
         raise ValueError("--rename must look like REGEX=REPLACEMENT")
     device = args.device if args.device != "auto" else ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+    if args.name and len(args.files) > 1:
+        raise ValueError(f"--name names one donor, but {len(args.files)} files were given; import them one by one, "
+                         f"or let each be named after its folder (released layout: <name>/110000.pt)")
+    use = " ".join([f"model@model1={model}", *(f"model1.options.{o}" for o in args.option)])
     rc = 0
     for file in args.files:
         name = args.name or Path(file).expanduser().resolve().parent.name  # released layout: <name>/110000.pt
@@ -58,7 +62,7 @@ def _import(args) -> int:
         acc = meta["metrics"].get("test_acc")
         print(f"{meta['key']}: test accuracy {'n/a' if acc is None else f'{acc:.4f}'} "
               f"(from {meta.get('provenance', {}).get('source', '?')}); use it with "
-              f"model@model1={model} model1.seed={meta['seed']}")
+              f"{use} model1.seed={meta['seed']}")
     return rc
 
 
@@ -91,7 +95,7 @@ def _verify(args) -> int:
             print(f"ok      {key}")
         except StitchError as e:
             bad += 1
-            print(f"FAILED  {key}: {str(e).splitlines()[0]}")
+            print(f"FAILED  {key}: {e}")
     return 1 if bad else 0
 
 

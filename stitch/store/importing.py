@@ -88,13 +88,18 @@ def import_checkpoint(file: str | Path, *, data_cfg: dict, model_cfg: dict, name
 
     file = Path(file).expanduser()
     key = DonorKey.make(data_cfg["name"], model_cfg["name"], name, model_cfg.get("options"))
-    if exists(key, store_root) and not force:
-        meta = load_meta(key, store_root)
-        log.info("donor %s already in the store (imported from %s); --force re-imports", key,
-                 meta.get("provenance", {}).get("source"))
-        return meta
     if not file.is_file():
         raise CheckpointError(f"checkpoint file {file} does not exist")
+    if exists(key, store_root) and not force:
+        meta = load_meta(key, store_root)
+        prov = meta.get("provenance") or {}
+        if prov.get("source_sha256") == sha256(file):  # the same file again: nothing to do
+            log.info("donor %s already in the store (imported from %s); --force re-imports", key, prov.get("source"))
+            return meta
+        held = f"was imported from {prov.get('source')}" if prov else "was trained here"
+        raise CheckpointError(f"the store already has a donor {key} that {held}, not from {file} (another file: "
+                              f"different sha256); choose another name (--name / model.seed), or replace it "
+                              f"with --force")
     redo = "check the file, or the key renaming options (--strip-prefix, --add-prefix, --rename)"
     state = rename_keys(load_state(file, redo), strip_prefix, add_prefix, renames)
     device = torch.device(device)
