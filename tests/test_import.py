@@ -150,3 +150,31 @@ def test_released_networks_import_and_match_plain_reimplementations(tmp_path):
         x = torch.randn(8, 3, 32, 32)
         with torch.no_grad():
             torch.testing.assert_close(net(x), ref.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_name_never_silently_serves_another_file(donor_store, tmp_path):
+    f = _trained_file(donor_store, tmp_path)
+    st = tmp_path / "store"
+    import_checkpoint(f, data_cfg=SYNTH, model_cfg=model_config("tiny10"), name="ext0", store_root=st)
+    again = import_checkpoint(f, data_cfg=SYNTH, model_cfg=model_config("tiny10"), name="ext0", store_root=st)
+    assert again["provenance"]["source"] == str(f.resolve())  # the same file: nothing to do
+    other = tmp_path / "other.pt"
+    state = torch.load(f, weights_only=True)
+    torch.save({k: v + 1e-3 if v.is_floating_point() else v for k, v in state.items()}, other)
+    with pytest.raises(CheckpointError, match="already has a donor synthetic/tiny10/ext0 that was imported from"):
+        import_checkpoint(other, data_cfg=SYNTH, model_cfg=model_config("tiny10"), name="ext0", store_root=st)
+    # a trained donor's slot (integer seed) is not overwritten by a weights file either
+    with pytest.raises(CheckpointError, match="that was trained here"):
+        import_checkpoint(other, data_cfg=SYNTH, model_cfg=model_config("tiny10", {"padding": "kornblith"}),
+                          name="0", store_root=donor_store)
+
+
+def test_repair_hint_of_a_damaged_import_is_the_forced_import(donor_store, tmp_path):
+    f = _trained_file(donor_store, tmp_path)
+    st = tmp_path / "store"
+    import_checkpoint(f, data_cfg=SYNTH, model_cfg=model_config("tiny10"), name="ext0", store_root=st)
+    key = store.DonorKey.make("synthetic", "tiny10", "ext0", {"padding": "kornblith"})
+    (key.directory(st) / "model.pt").write_bytes(b"damaged")
+    with pytest.raises(CheckpointError, match=f"import {f.resolve()} --data synthetic --model tiny10 "
+                                              f"--option padding=kornblith --name ext0 --force"):
+        store.load(key, st)
