@@ -64,8 +64,8 @@ def collect_activations(model, dm, layers: Sequence[str], split: str = "train", 
     One forward per batch serves every layer (``forward_to`` the deepest, cutting as it goes).
     """
     model.eval()
-    wanted = {model.check_layer(L) for L in layers}
-    order = [L for L in model.layers if L in wanted]
+    asked = {model.check_layer(L): L for L in layers}  # results keyed by the names asked for (aliases too)
+    order = [L for L in model.layers if L in asked]
     acts: dict[str, list[torch.Tensor]] = {L: [] for L in order}
     ys = []
     for x, y in dm.batches(split, batch_size, device=device, limit=limit):
@@ -75,7 +75,7 @@ def collect_activations(model, dm, layers: Sequence[str], split: str = "train", 
             acts[L].append((pool_activations(h, tokens) if pooled else h.float()).cpu())
             prev = L
         ys.append(y.cpu())
-    return {L: torch.cat(v) for L, v in acts.items()}, torch.cat(ys)
+    return {asked[L]: torch.cat(v) for L, v in acts.items()}, torch.cat(ys)
 
 
 # ------------------------------------------------------------------------ probes
@@ -114,7 +114,7 @@ def probe_layers(model, dm, layers: Sequence[str] | None = None, *, train_limit:
                  test_limit: int | None = None, device: torch.device | str = "cpu", tokens: str = "cls",
                  C: float = 1.0, max_iter: int = 500) -> dict[str, float]:
     """Linear-probe test accuracy of every layer of ``model`` (pooled activations)."""
-    layers = model.select_layers(list(layers) if layers else "all")
+    layers = list(layers) if layers else model.select_layers("all")
     tr, ytr = collect_activations(model, dm, layers, "train", train_limit, device, tokens=tokens)
     te, yte = collect_activations(model, dm, layers, "test", test_limit, device, tokens=tokens)
     return {L: linear_probe_accuracy(tr[L], ytr, te[L], yte, C=C, max_iter=max_iter) for L in layers}

@@ -365,9 +365,9 @@ def test_stitch_cli_with_ood_enabled(tmp_path, donor_store):
     assert r.returncode == 0, r.stderr[-3000:]
     recs = [json.loads(p.read_text()) for p in sorted((tmp_path / "a" / "records").glob("*.json"))]
     assert len(recs) == 2 and all(x["status"] == "ok" for x in recs)
-    diag = next(x for x in recs if x["layer"] == "layer8")["metrics"]
+    diag = next(x for x in recs if x["layer"] == "relu8")["metrics"]  # layer8 is an alias of relu8
     assert diag["ood/auroc"] == pytest.approx(0.5, abs=1e-6) and diag["ood/sanity_auroc"] is not None
-    assert list((donor_store / "synthetic" / "tiny10" / "seed0" / "ood").glob("layer8-*.pt"))
+    assert list((donor_store / "synthetic" / "tiny10" / "seed0" / "ood").glob("relu8-*.pt"))
     mats = matrices.similarity_matrices(recs)
     assert mats["dm/ood_auroc"].shape == (2, 1)
     # a second study reuses the cached detector

@@ -52,9 +52,9 @@ def test_study_writes_records_skips_finished_runs_and_records_failures(tmp_path,
     # a diverging TLM run is recorded as failed, the study goes on to the next run and exits 1
     r = _stitch(tmp_path, donor_store, "layer=[layer3,layer4]", "tlm.lr=1e38", "tlm.epochs=1")
     assert r.returncode == 1, r.stderr[-3000:]
-    new = [x for x in _records(tmp_path / "res") if x["layer"] in ("layer3", "layer4")]
+    new = [x for x in _records(tmp_path / "res") if x["layer"] in ("relu3", "relu4")]
     assert {(x["layer"], x["method"], x["status"]) for x in new} == {
-        ("layer3", "tlm", "failed"), ("layer3", "dm", "ok"), ("layer4", "tlm", "failed"), ("layer4", "dm", "ok")}
+        ("relu3", "tlm", "failed"), ("relu3", "dm", "ok"), ("relu4", "tlm", "failed"), ("relu4", "dm", "ok")}
     assert all(x["error"] and x["traceback"] for x in new if x["status"] == "failed")
 
 
