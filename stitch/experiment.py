@@ -72,6 +72,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 # ------------------------------------------------------------------------ donors
+def num_classes_of(data_cfg: dict) -> int | None:
+    """The data set's class count, from its (unloaded) data module."""
+    try:
+        return int(datamodule_from_cfg(data_cfg).num_classes)
+    except Exception:  # noqa: BLE001 - an unusual module: the check is skipped, nothing else depends on it
+        return None
+
+
 def get_donor(cfg: dict, which: str, device: torch.device) -> tuple[StitchableNetwork, dict, store.DonorKey]:
     """Model ``which`` from the store: imported from ``<which>.weights`` or trained on demand when missing."""
     mcfg = cfg[which]
@@ -98,6 +106,10 @@ def get_donor(cfg: dict, which: str, device: torch.device) -> tuple[StitchableNe
             train_donor(cfg["data"], mcfg, d["optim"], d["trainer"], d["epochs"], mcfg["seed"], cfg["store"],
                         logger_cfg=None)
     net, meta = store.load(key, cfg["store"], device)
+    classes = num_classes_of(cfg["data"])
+    if classes is not None and meta.get("num_classes") not in (None, classes):
+        raise ConfigError(f"donor {key} ({which}) has {meta['num_classes']} classes but {cfg['data']['name']} has "
+                          f"{classes}: a stitched network would be scored against the wrong labels")
     if bool(meta.get("normalize", True)) != bool(cfg["data"].get("normalize", True)):
         raise ConfigError(f"donor {key} was trained with data.normalize={meta.get('normalize')} but this run uses "
                           f"data.normalize={cfg['data'].get('normalize')}; use the same preprocessing")

@@ -108,3 +108,10 @@ def test_train_models_epochs_0_exits_2(tmp_path):
                    f"hydra.run.dir={tmp_path}/out")
     assert r.returncode == 2 and "error: epochs=0: expected a positive integer" in r.stderr, r.stderr[-3000:]
     assert not (tmp_path / "store").exists()
+
+
+def test_donor_with_another_class_count_is_a_config_error(tmp_path, donor_store):
+    r = _stitch(tmp_path, donor_store, "data.num_classes=7", "layer=layer1", "donor.train_missing=false")
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "has 10 classes but synthetic has 7" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "res" / "records").exists()
