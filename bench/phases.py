@@ -106,6 +106,7 @@ def main(argv=None) -> None:
     p.add_argument("--store", default="models/released")
     p.add_argument("--data-root", default=str(SHARED if SHARED.is_dir() else "data/cifar10"))
     p.add_argument("--batches", type=int, default=40, help="batches timed per variant (then extrapolated)")
+    p.add_argument("--ls-batch", type=int, default=256, help="batch size of the least-squares pass")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -132,18 +133,18 @@ def main(argv=None) -> None:
         state[k] = (s, torch.optim.Adam(s.parameters(), lr=1e-3), MatchingStatistics(), torch.Generator().manual_seed(0))
     for i in range(args.batches + 2):  # the first 2 batches warm up oneDNN's kernels and are not counted
         xb = images[i * 128:(i + 1) * 128]
-        xl = images[i * 256:(i + 1) * 256]
+        xl = images[i * args.ls_batch:(i + 1) * args.ls_batch]
         for k, (f1, f2, cl, dt) in runs.items():
             s, opt, stats, g = state[k]
             ph_t, ph_l = (tlm[k], ls[k]) if i >= 2 else (Phases(), Phases())
             tlm_step(ph_t, dm, xb, labels[i * 128:(i + 1) * 128], f1, f2, s, opt, layer, cl, dt, g)
             ls_step(ph_l, dm, xl, f1, f2, s, stats, layer, cl, dt)
-    n_tlm, n_ls = dm.size("train") / 128 / args.batches, dm.size("train") / 256 / args.batches
+    n_tlm, n_ls = dm.size("train") / 128 / args.batches, dm.size("train") / args.ls_batch / args.batches
     cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads"
     print(f"{args.model} {args.pair} at {layer} {tuple(shape)}, CIFAR-10 train {dm.size('train')}; {cpu}; "
           f"torch {torch.__version__}; {args.batches} batches per variant, extrapolated")
     for title, table, scale in (("one TLM epoch (batch 128, augmented, soft labels)", tlm, n_tlm),
-                                ("one least-squares pass (batch 256)", ls, n_ls)):
+                                (f"one least-squares pass (batch {args.ls_batch})", ls, n_ls)):
         names = list(dict.fromkeys(n for ph in table.values() for n in ph.t))
         print(f"\n{title}: seconds per epoch")
         print(f"  {'phase':<32}" + "".join(f"{k:>26}" for k in table))
