@@ -130,7 +130,7 @@ def layer_pairs(cfg: dict, m1: StitchableNetwork, m2: StitchableNetwork) -> list
     (Tiny-10 ``bn``: every pre-activation point), a layer name or alias, or a list of these.
     """
     layer, target = _as_list(cfg["layer"]), _as_list(cfg.get("target_layer"))
-    sources = m1.select_layers(layer)
+    sources = list(dict.fromkeys(m1.select_layers(layer)))  # relu3 and its alias layer3 are one layer
     if target is None:
         pairs = []
         for L in sources:
@@ -140,7 +140,7 @@ def layer_pairs(cfg: dict, m1: StitchableNetwork, m2: StitchableNetwork) -> list
                                   f"Model 2 layers: {', '.join(m2.layers)}")
             pairs.append((L, L))
         return pairs
-    targets = m2.select_layers(target)
+    targets = list(dict.fromkeys(m2.select_layers(target)))
     return [(L, M) for L in sources for M in targets]
 
 

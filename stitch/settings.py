@@ -62,8 +62,8 @@ def _similarity_names(v: Any) -> bool:
 
 INT = Rule(_int, "an integer")
 # donors trained here have integer seeds; imported ones are named (python -m stitch.store import ... --name in0)
-DONOR = Rule(lambda v: _int(v) or (isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", v) is not None),
-             "an integer seed or an imported donor's name (letters, digits, . _ -)")
+DONOR = Rule(lambda v: (_int(v) and v >= 0) or (isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", v) is not None),
+             "an integer seed >= 0 or an imported donor's name (letters, digits, . _ -)")
 POS_INT = Rule(lambda v: _int(v) and v > 0, "a positive integer")
 NONNEG_INT = Rule(lambda v: _int(v) and v >= 0, "an integer >= 0")
 BOOL = Rule(lambda v: isinstance(v, bool), "true or false")

@@ -123,3 +123,11 @@ def test_released_tiny10_loads_natively_and_matches_a_plain_reimplementation():
     with torch.no_grad():
         torch.testing.assert_close(net.eval()(x), ref(x), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(net.forward_to(x, "bn3"), ref(x, stop="bn3"), rtol=0, atol=0)
+
+
+def test_a_layer_and_its_alias_make_one_pair():
+    from stitch.experiment import layer_pairs
+
+    net = models.build("tiny10", 10)
+    assert layer_pairs({"layer": ["relu3", "layer3", "bn3"], "target_layer": None}, net, net) == [
+        ("relu3", "relu3"), ("bn3", "bn3")]

@@ -42,7 +42,8 @@ BAD = [
     ("ood=true", "ood=True"),
     ("+tlm.epoch=5", "tlm.epoch=5"),  # a misspelt key (Hydra itself rejects it without the +)
     ("layer=layer33", "layer='layer33'"),  # checked on untrained networks, before any donor is trained
-    ("model@model1=vit_tiny", "model1=vit_tiny"),  # 224-px ViT on 32-px images: caught before training
+    ("model@model1=vit_tiny", "model1=vit_tiny"),
+    ("model1.seed=-3", "model1.seed=-3"),  # 224-px ViT on 32-px images: caught before training
 ]
 
 

@@ -109,3 +109,16 @@ def test_list_layers_command(capsys):
     main(["resnet18", "--data", "synthetic", "--option", "variant=same_width"])
     out = capsys.readouterr().out
     assert "layer4.1" in out and "(64, 4, 4)" in out
+
+
+def test_list_layers_command_takes_config_names_and_reports_bad_input(capsys):
+    from stitch.models.__main__ import main
+
+    main(["tiny10_unpadded", "--data", "cifar10"])
+    out = capsys.readouterr().out
+    assert "[bn]" in out and "bn3" in out and "(32, 13, 13)" in out and "aliases: layer1 = relu1" in out
+    for bad in (["tiny10", "--option", "depth=3"], ["vit_tiny", "--data", "cifar10"]):
+        with pytest.raises(SystemExit) as e:
+            main(bad)
+        assert e.value.code == 2
+    assert "cannot take cifar10 inputs" in capsys.readouterr().err

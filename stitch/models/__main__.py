@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import yaml
 
@@ -18,18 +19,32 @@ _CLASSES = {"celeba": 40, "imagenet": 1000}
 
 
 def main(argv: list[str] | None = None) -> None:
+    from ..store.importing import CONF, model_config
+
+    configs = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
     p = argparse.ArgumentParser(prog="python -m stitch.models", description=__doc__.splitlines()[0])
-    p.add_argument("model", choices=list_models())
+    p.add_argument("model", choices=sorted(set(list_models()) | set(configs)),
+                   help="a family or a conf/model entry (e.g. tiny10_unpadded, vit_tiny_32)")
     p.add_argument("--data", default="cifar10", choices=sorted(_INPUTS), help="data set (input size, classes)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="model option")
     args = p.parse_args(argv)
-    options = {}
-    for item in args.option:
-        k, _, v = item.partition("=")
-        options[k] = yaml.safe_load(v)
-    net = build(args.model, num_classes=_CLASSES.get(args.data, 10), **options)
+    try:
+        options = {}
+        for item in args.option:
+            k, sep, v = item.partition("=")
+            if not sep:
+                raise ValueError(f"--option must look like KEY=VALUE, got {item!r}")
+            options[k] = yaml.safe_load(v)
+        cfg = model_config(args.model, options)
+        net = build(cfg["name"], num_classes=_CLASSES.get(args.data, 10), **cfg["options"])
+        shapes = net.layer_shapes(_INPUTS[args.data])
+    except (ValueError, TypeError, AssertionError) as e:  # a bad option or an input it cannot take: exit 2
+        hint = f" ({args.model} cannot take {args.data} inputs of shape {_INPUTS[args.data]})" \
+            if isinstance(e, AssertionError) else ""
+        print(f"error: {e}{hint}", file=sys.stderr)
+        sys.exit(2)
+    options = cfg["options"]
     shape = _INPUTS[args.data]
-    shapes = net.layer_shapes(shape)
     print(f"{args.model} {options or ''} on {args.data} {shape}:")
     groups = net.layer_groups
     for i, (group, names) in enumerate(groups.items()):

@@ -56,7 +56,8 @@ class ViT(StitchableNetwork):
         stages: OrderedDict = OrderedDict(embed=_Embed(self.vit))
         for i, block in enumerate(self.vit.blocks):
             stages[f"blocks.{i}"] = block
-        self._set_chain(stages, _Head(self.vit), stitchable=[k for k in stages if k != "embed"],
+        blocks = [k for k in stages if k != "embed"]
+        self._set_chain(stages, _Head(self.vit), stitchable=blocks, groups={"blocks": blocks},
                         register=False)
 
 

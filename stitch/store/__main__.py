@@ -10,6 +10,7 @@ Exit codes: 0 ok, 1 a check failed (verify), 2 bad input (missing file or data, 
 from __future__ import annotations
 
 import argparse
+import re
 import logging
 import sys
 from pathlib import Path
@@ -67,6 +68,8 @@ def _import(args) -> int:
 
 
 def _donors(root: str | None):
+    if not store_root(root).is_dir():
+        raise ValueError(f"no model store at {store_root(root).resolve()} (--store or $STITCH_STORE)")
     for meta_file in sorted(store_root(root).glob("*/*/*/meta.json")):
         yield meta_file
 
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return args.fn(args)
-    except (StitchError, ValueError) as e:
+    except (StitchError, ValueError, TypeError, re.error) as e:  # bad input: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2
 
