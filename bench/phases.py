@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
 import platform
 import sys
@@ -31,7 +32,7 @@ from stitch import store  # noqa: E402
 from stitch.data import build as build_data  # noqa: E402
 from stitch.matching import MatchingStatistics  # noqa: E402
 from stitch.matching.task_loss import soft_cross_entropy  # noqa: E402
-from stitch.models.fold import fold_batchnorm  # noqa: E402
+from stitch.models.fold import as_input_for, fold_batchnorm, to_channels_last  # noqa: E402
 from stitch.stitching import build_stitching_layer, to_rows  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
@@ -50,29 +51,33 @@ class Phases:
 
 def variants(m1, m2, layer):
     fast1, fast2 = fold_batchnorm(m1, [layer]), fold_batchnorm(m2, [layer])
-    cl = lambda m: m.to(memory_format=torch.channels_last)  # noqa: E731
-    import copy
-
+    nhwc = lambda m: to_channels_last(copy.deepcopy(m))  # noqa: E731 - what stitch.py runs by default
     return {
-        "before (fp32, BatchNorm)": (m1, m2, False, None),
-        "fold BatchNorm": (fast1, fast2, False, None),
-        "fold + channels-last": (cl(copy.deepcopy(fast1)), cl(copy.deepcopy(fast2)), True, None),
-        "fold + bf16 autocast": (fast1, fast2, False, torch.bfloat16),
+        "before (fp32, BatchNorm)": (m1, m2, None),
+        "fold BatchNorm": (fast1, fast2, None),
+        "fold + channels-last": (nhwc(fast1), nhwc(fast2), None),
+        "fold + bf16 autocast": (fast1, fast2, torch.bfloat16),
     }
 
 
-def tlm_step(ph, dm, x_raw, y, m1, m2, stitch, opt, layer, channels_last, dtype, g):
-    with ph("data (augment, normalise)"):
-        x = dm.preprocess(x_raw, augment=True, generator=g)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-    ac = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
-    with torch.no_grad(), ac:
+def autocast(dtype):
+    return torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def inputs(ph, phase, dm, x_raw, net, **augment):
+    """A preprocessed batch in the memory format ``net`` runs on, timed as ``phase``."""
+    with ph(phase):
+        return as_input_for(net, dm.preprocess(x_raw, **augment))
+
+
+def tlm_step(ph, dm, x_raw, m1, m2, stitch, opt, layer, dtype, g):
+    x = inputs(ph, "data (augment, normalise)", dm, x_raw, m1, augment=True, generator=g)
+    with torch.no_grad(), autocast(dtype):
         with ph("front: model 1 to the cut"):
             a = m1.forward_to(x, layer)
         with ph("target: model 2 soft labels"):
             z2 = m2(x).float()
-    with ac:
+    with autocast(dtype):
         with ph("stitch + back half forward"):
             logits = m2.forward_from(stitch(a), layer).float()
             loss = soft_cross_entropy(logits, z2)
@@ -83,13 +88,9 @@ def tlm_step(ph, dm, x_raw, y, m1, m2, stitch, opt, layer, channels_last, dtype,
         opt.step()
 
 
-def ls_step(ph, dm, x_raw, m1, m2, stitch, stats, layer, channels_last, dtype):
-    with ph("data (normalise)"):
-        x = dm.preprocess(x_raw)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-    ac = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
-    with torch.no_grad(), ac:
+def ls_step(ph, dm, x_raw, m1, m2, stitch, stats, layer, dtype):
+    x = inputs(ph, "data (normalise)", dm, x_raw, m1)
+    with torch.no_grad(), autocast(dtype):
         with ph("front: model 1 to the cut"):
             a = m1.forward_to(x, layer)
         with ph("target: model 2 to the cut"):
@@ -120,7 +121,7 @@ def main(argv=None) -> None:
     m1, m2 = nets
     dm = build_data("cifar10", root=args.data_root, normalize=True)
     dm.setup()
-    images, labels = dm.tensors("train")
+    images, _ = dm.tensors("train")
     layer = m1.check_layer(args.layer)
     shape = m1.layer_shapes(dm.input_shape)[layer]
     runs = variants(m1, m2, layer)
@@ -134,11 +135,11 @@ def main(argv=None) -> None:
     for i in range(args.batches + 2):  # the first 2 batches warm up oneDNN's kernels and are not counted
         xb = images[i * 128:(i + 1) * 128]
         xl = images[i * args.ls_batch:(i + 1) * args.ls_batch]
-        for k, (f1, f2, cl, dt) in runs.items():
+        for k, (f1, f2, dt) in runs.items():
             s, opt, stats, g = state[k]
             ph_t, ph_l = (tlm[k], ls[k]) if i >= 2 else (Phases(), Phases())
-            tlm_step(ph_t, dm, xb, labels[i * 128:(i + 1) * 128], f1, f2, s, opt, layer, cl, dt, g)
-            ls_step(ph_l, dm, xl, f1, f2, s, stats, layer, cl, dt)
+            tlm_step(ph_t, dm, xb, f1, f2, s, opt, layer, dt, g)
+            ls_step(ph_l, dm, xl, f1, f2, s, stats, layer, dt)
     n_tlm, n_ls = dm.size("train") / 128 / args.batches, dm.size("train") / args.ls_batch / args.batches
     cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads"
     print(f"{args.model} {args.pair} at {layer} {tuple(shape)}, CIFAR-10 train {dm.size('train')}; {cpu}; "

@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
 
 import pytorch_lightning as pl
 import torch

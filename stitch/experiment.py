@@ -31,7 +31,6 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -72,16 +71,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 # ------------------------------------------------------------------------ donors
-def num_classes_of(data_cfg: dict) -> int | None:
-    """The data set's class count, from its (unloaded) data module."""
-    try:
-        return int(datamodule_from_cfg(data_cfg).num_classes)
-    except Exception:  # noqa: BLE001 - an unusual module: the check is skipped, nothing else depends on it
-        return None
+def get_donor(cfg: dict, which: str, device: torch.device, num_classes: int | None = None
+              ) -> tuple[StitchableNetwork, dict, store.DonorKey]:
+    """Model ``which`` from the store: imported from ``<which>.weights`` or trained on demand when missing.
 
-
-def get_donor(cfg: dict, which: str, device: torch.device) -> tuple[StitchableNetwork, dict, store.DonorKey]:
-    """Model ``which`` from the store: imported from ``<which>.weights`` or trained on demand when missing."""
+    ``num_classes``: the data's class count, checked against the donor's."""
     mcfg = cfg[which]
     key = donor_key(cfg["data"], mcfg, mcfg["seed"])
     if mcfg.get("weights"):  # a local state-dict file: imported once (a different file under that name: an error)
@@ -106,10 +100,9 @@ def get_donor(cfg: dict, which: str, device: torch.device) -> tuple[StitchableNe
             train_donor(cfg["data"], mcfg, d["optim"], d["trainer"], d["epochs"], mcfg["seed"], cfg["store"],
                         logger_cfg=None)
     net, meta = store.load(key, cfg["store"], device)
-    classes = num_classes_of(cfg["data"])
-    if classes is not None and meta.get("num_classes") not in (None, classes):
+    if num_classes is not None and meta.get("num_classes") not in (None, num_classes):
         raise ConfigError(f"donor {key} ({which}) has {meta['num_classes']} classes but {cfg['data']['name']} has "
-                          f"{classes}: a stitched network would be scored against the wrong labels")
+                          f"{num_classes}: a stitched network would be scored against the wrong labels")
     if bool(meta.get("normalize", True)) != bool(cfg["data"].get("normalize", True)):
         raise ConfigError(f"donor {key} was trained with data.normalize={meta.get('normalize')} but this run uses "
                           f"data.normalize={cfg['data'].get('normalize')}; use the same preprocessing")
@@ -275,12 +268,12 @@ def run_study(cfg: dict) -> list[dict]:
     precision = resolve_precision(str(cfg.get("precision", "auto")), device)
     methods = cfg["method"]
     dm.setup()
-    m1, meta1, key1 = get_donor(cfg, "model1", device)
+    m1, meta1, key1 = get_donor(cfg, "model1", device, dm.num_classes)
     if store.DonorKey.make(cfg["data"]["name"], cfg["model2"]["name"], cfg["model2"]["seed"],
                            cfg["model2"].get("options")) == key1:
         m2, meta2, key2 = m1, meta1, key1  # self-stitching: one network
     else:
-        m2, meta2, key2 = get_donor(cfg, "model2", device)
+        m2, meta2, key2 = get_donor(cfg, "model2", device, dm.num_classes)
     pairs = layer_pairs(cfg, m1, m2)
     for L, M in pairs:  # incompatible layers are a configuration error: reject before running anything
         build_stitching_layer(m1.layer_shapes(dm.input_shape)[L], m2.layer_shapes(dm.input_shape)[M])

@@ -3,7 +3,6 @@ solved on the test split as its released code does (a like-for-like option)."""
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest

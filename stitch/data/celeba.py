@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 
 from ..errors import DataNotFoundError
 from .base import StreamingDataModule

@@ -9,7 +9,6 @@ import argparse
 import math
 import sys
 
-import yaml
 
 from . import build, list_models
 
@@ -19,7 +18,7 @@ _CLASSES = {"celeba": 40, "imagenet": 1000}
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ..store.importing import CONF, model_config
+    from ..store.importing import CONF, key_values, model_config
 
     configs = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
     p = argparse.ArgumentParser(prog="python -m stitch.models", description=__doc__.splitlines()[0])
@@ -29,12 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="model option")
     args = p.parse_args(argv)
     try:
-        options = {}
-        for item in args.option:
-            k, sep, v = item.partition("=")
-            if not sep:
-                raise ValueError(f"--option must look like KEY=VALUE, got {item!r}")
-            options[k] = yaml.safe_load(v)
+        options = key_values(args.option, "--option")
         cfg = model_config(args.model, options)
         net = build(cfg["name"], num_classes=_CLASSES.get(args.data, 10), **cfg["options"])
         shapes = net.layer_shapes(_INPUTS[args.data])

@@ -191,12 +191,6 @@ def conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, padding: int
     )
 
 
-class GlobalPoolLinear(nn.Module):
-    """Global average pool + linear classifier (the head of the CNNs here)."""
-
-    def __init__(self, features: int, num_classes: int):
-        super().__init__()
-        self.fc = nn.Linear(features, num_classes)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))
+def pool_linear(fc: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+    """Global average pool + linear classifier: the head of the CNNs here."""
+    return fc(torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))

@@ -23,7 +23,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .base import StitchableNetwork, _Ref
+from .base import StitchableNetwork, _Ref, pool_linear
 
 
 class BasicBlock(nn.Module):
@@ -73,7 +73,7 @@ class CifarResNet(StitchableNetwork):
                         groups={"blocks": post, "pre": pre, "stem": ["conv1", "bn1", "relu"]})
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))
+        return pool_linear(self.fc, h)
 
     def upgrade_state_dict(self, state: dict) -> dict:
         """Keys of earlier versions (``stages.layer1_0.shortcut.0.weight``, ``stages.stem.0``) to today's."""

@@ -21,7 +21,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .base import StitchableNetwork, _Ref
+from .base import StitchableNetwork, _Ref, pool_linear
 
 # (out channels, kernel, stride) of the eight convolutions
 _SPEC = [(16, 3, 1), (16, 3, 1), (32, 3, 2), (32, 3, 1), (32, 3, 1), (64, 3, 2), (64, 3, 1), (64, 1, 1)]
@@ -53,8 +53,8 @@ class Tiny10(StitchableNetwork):
         self._set_chain(stages, _Ref(self._head), register=False, groups=groups, default_group="relu",
                         aliases={f"layer{i}": f"relu{i}" for i in range(1, 9)})
 
-    def _head(self, h):
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        return pool_linear(self.fc, h)
 
     def upgrade_state_dict(self, state: dict) -> dict:
         """Keys of earlier versions (``stages.layer3.0.weight``, ``head.fc.weight``) to today's."""

@@ -81,13 +81,21 @@ class DonorKey:
         r = store_root(root)
         return "" if str(r) == DEFAULT_ROOT and root in (None, DEFAULT_ROOT) else f" store={r}"
 
+    def import_command(self, root: str | Path | None = None, source: str = "<checkpoint.pt>",
+                       force: bool = False) -> str:
+        """The ``python -m stitch.store import`` command that makes this (named) donor from ``source``."""
+        parts = ["python -m stitch.store import", str(source), f"--data {self.data}", f"--model {self.model}",
+                 *(f"--option {k}={v}" for k, v in self.options), f"--name {self.seed}"]
+        if force:
+            parts.append("--force")
+        if self._store_arg(root):
+            parts.append(f"--store {store_root(root)}")
+        return " ".join(parts)
+
     def train_command(self, root: str | Path | None = None) -> str:
         """The command that (re)makes this donor: a training run, or an import for a named donor."""
         if self.imported:
-            opts = " ".join(f"--option {k}={v}" for k, v in self.options)
-            store = f" --store {store_root(root)}" if self._store_arg(root) else ""
-            return (f"python -m stitch.store import <checkpoint.pt> --data {self.data} --model {self.model} "
-                    f"{opts} --name {self.seed}{store}").replace("  ", " ")
+            return self.import_command(root)
         opts = " ".join(f"model.options.{k}={v}" for k, v in self.options)
         return (f"python train_models.py data={self.data} model={self.model} seed={self.seed} {opts}".strip()
                 + self._store_arg(root))
@@ -175,12 +183,9 @@ def match_state(net: torch.nn.Module, state: dict, path: Path | str, redo: str) 
 
 def _redo(key: DonorKey, meta: dict, root: str | Path | None) -> str:
     """The command that remakes a damaged donor: the same import again (forced), or a retrain."""
-    prov = meta.get("provenance") or {}
-    if prov.get("source"):
-        opts = " ".join(f"--option {k}={v}" for k, v in key.options)
-        store = f" --store {store_root(root)}" if key._store_arg(root) else ""
-        return (f"import it again with:\n  python -m stitch.store{store} import {prov['source']} --data {key.data} "
-                f"--model {key.model} {opts} --name {key.seed} --force").replace("  --name", " --name")
+    source = (meta.get("provenance") or {}).get("source")
+    if source:
+        return "import it again with:\n  " + key.import_command(root, source, force=True)
     return "delete it and retrain with:\n  " + key.train_command(root)
 
 

@@ -10,26 +10,15 @@ Exit codes: 0 ok, 1 a check failed (verify), 2 bad input (missing file or data, 
 from __future__ import annotations
 
 import argparse
-import re
 import logging
+import re
 import sys
 from pathlib import Path
 
-import yaml
 
 from ..errors import StitchError
 from . import DonorKey, load, store_root
-from .importing import PRESETS, group_config, import_checkpoint, model_config
-
-
-def _kv(items: list[str], what: str) -> dict:
-    out = {}
-    for item in items:
-        k, sep, v = item.partition("=")
-        if not sep or not k:
-            raise ValueError(f"{what} must look like KEY=VALUE, got {item!r}")
-        out[k] = yaml.safe_load(v)
-    return out
+from .importing import PRESETS, group_config, import_checkpoint, key_values, model_config
 
 
 def _import(args) -> int:
@@ -44,17 +33,18 @@ def _import(args) -> int:
     data_cfg = group_config("data", data)
     if args.data_root:
         data_cfg["root"] = args.data_root
-    data_cfg.update(_kv(args.data_option, "--data-option"))
-    model_cfg = model_config(model, _kv(args.option, "--option"))
+    data_cfg.update(key_values(args.data_option, "--data-option"))
+    model_cfg = model_config(model, key_values(args.option, "--option"))
     renames = [tuple(r.split("=", 1)) for r in args.rename]
     if any(len(r) != 2 for r in renames):
         raise ValueError("--rename must look like REGEX=REPLACEMENT")
-    device = args.device if args.device != "auto" else ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+    from ..experiment import resolve_device
+
+    device = resolve_device(args.device)
     if args.name and len(args.files) > 1:
         raise ValueError(f"--name names one donor, but {len(args.files)} files were given; import them one by one, "
                          f"or let each be named after its folder (released layout: <name>/110000.pt)")
     use = " ".join([f"model@model1={model}", *(f"model1.options.{o}" for o in args.option)])
-    rc = 0
     for file in args.files:
         name = args.name or Path(file).expanduser().resolve().parent.name  # released layout: <name>/110000.pt
         meta = import_checkpoint(file, data_cfg=data_cfg, model_cfg=model_cfg, name=name, store_root=args.store,
@@ -64,21 +54,22 @@ def _import(args) -> int:
         print(f"{meta['key']}: test accuracy {'n/a' if acc is None else f'{acc:.4f}'} "
               f"(from {meta.get('provenance', {}).get('source', '?')}); use it with "
               f"{use} model1.seed={meta['seed']}")
-    return rc
+    return 0
 
 
-def _donors(root: str | None):
+def _donors(root: str | None) -> list[Path]:
+    """Every donor's metadata file; a store that does not exist is an error, not an empty list."""
     if not store_root(root).is_dir():
         raise ValueError(f"no model store at {store_root(root).resolve()} (--store or $STITCH_STORE)")
-    for meta_file in sorted(store_root(root).glob("*/*/*/meta.json")):
-        yield meta_file
+    return sorted(store_root(root).glob("*/*/*/meta.json"))
 
 
 def _list(args) -> int:
     import json
 
+    files = _donors(args.store)
     print(f"{'donor':<48} {'test acc':>8}  origin")
-    for f in _donors(args.store):
+    for f in files:
         m = json.loads(f.read_text())
         acc = (m.get("metrics") or {}).get("test_acc")
         origin = m.get("provenance", {}).get("source") or "trained here"
@@ -106,8 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m stitch.store", description="The model store of donor networks.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--store", default=None, help="store root (default: $STITCH_STORE or models)")
+    # --store also after the sub-command; SUPPRESS keeps a value given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser("import", help="import state-dict file(s) as donors")
+    imp = sub.add_parser("import", parents=[common], help="import state-dict file(s) as donors")
     imp.add_argument("files", nargs="+", help="state-dict file(s) (torch.save of a dict of tensors)")
     imp.add_argument("--preset", help="one of: " + ", ".join(f"{k} ({v['about']})" for k, v in PRESETS.items()))
     imp.add_argument("--data", help="data set (conf/data/<name>.yaml)")
@@ -123,18 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--no-eval", action="store_true", help="do not measure the test accuracy")
     imp.add_argument("--force", action="store_true", help="re-import; accept a near-chance accuracy")
     for name, fn in (("list", _list), ("verify", _verify)):
-        sub.add_parser(name, help=f"{name} the donors in the store").set_defaults(fn=fn)
+        sub.add_parser(name, parents=[common], help=f"{name} the donors in the store").set_defaults(fn=fn)
     imp.set_defaults(fn=_import)
-    for s in (p, *sub.choices.values()):
-        s.set_defaults(store_opt=None)
-    args, rest = p.parse_known_args(argv)
-    if rest:  # --store may also come after the sub-command
-        more = argparse.ArgumentParser(add_help=False)
-        more.add_argument("--store")
-        extra, rest = more.parse_known_args(rest, namespace=argparse.Namespace(store=args.store))
-        if rest:
-            p.error(f"unrecognized arguments: {' '.join(rest)}")
-        args.store = extra.store
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return args.fn(args)

@@ -59,6 +59,19 @@ def model_config(name: str, options: dict | None = None) -> dict:
     return cfg
 
 
+def key_values(items: Sequence[str], what: str) -> dict:
+    """``["k=v", ...]`` command-line options as a dict, each value read as YAML (numbers, booleans, lists)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise ValueError(f"{what} must look like KEY=VALUE, got {item!r}")
+        out[k] = yaml.safe_load(v)
+    return out
+
+
 def rename_keys(state: dict, strip_prefix: Sequence[str] = (), add_prefix: str = "",
                 renames: Sequence[tuple[str, str]] = ()) -> dict:
     """Strip any of ``strip_prefix`` (e.g. ``module.`` of DataParallel), apply regex renames, add a prefix."""
