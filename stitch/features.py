@@ -101,6 +101,7 @@ class FeatureSource:
         self.cache_dtype = cache_dtype
         self.batch_size = batch_size
         self.limits = limits or {}
+        self.identity_ce: float | None = None  # paper 1's no-transformation baseline, set by evaluation
 
     # --------------------------------------------------------------- frozen parts
     @torch.no_grad()

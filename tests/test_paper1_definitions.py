@@ -54,3 +54,9 @@ def test_default_split_leaves_earlier_run_identities_unchanged(tmp_path, donor_s
     with_key = run_identity(cfg, "bn6", "bn6", "dm")[0]
     del cfg["method"]["dm"]["split"]  # a config written before the option existed
     assert run_identity(cfg, "bn6", "bn6", "dm")[0] == with_key
+
+
+def test_no_transformation_baseline_is_one_value_per_pair(tmp_path, donor_store):
+    tlm, dm = run_study(_cfg(tmp_path, donor_store, "layer=bn3", "method=[tlm,dm]", "tlm.epochs=1"))
+    assert tlm["metrics"]["identity_cross_entropy"] == dm["metrics"]["identity_cross_entropy"] > 0
+    assert tlm["metrics"]["cross_entropy"] != dm["metrics"]["cross_entropy"]  # the stitches themselves differ
