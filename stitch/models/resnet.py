@@ -68,7 +68,6 @@ class CifarResNet(StitchableNetwork):
                 post.append(f"layer{s}.{b}")
             cin = w
         self.fc = nn.Linear(cin, num_classes)
-        self._relus = nn.ModuleList(m for m in stages.values() if isinstance(m, nn.ReLU))
         self._set_chain(stages, _Ref(self._head), register=False, default_group="blocks",
                         groups={"blocks": post, "pre": pre, "stem": ["conv1", "bn1", "relu"]})
 

@@ -48,7 +48,6 @@ class Tiny10(StitchableNetwork):
             stages[f"conv{i}"], stages[f"bn{i}"], stages[f"relu{i}"] = conv, bn, nn.ReLU()
             cin = cout * width
         self.fc = nn.Linear(cin, num_classes)
-        self._relus = nn.ModuleList(stages[f"relu{i}"] for i in range(1, 9))  # parameter-free: no state keys
         groups = {g: [f"{g}{i}" for i in range(1, 9)] for g in ("relu", "bn", "conv")}
         self._set_chain(stages, _Ref(self._head), register=False, groups=groups, default_group="relu",
                         aliases={f"layer{i}": f"relu{i}" for i in range(1, 9)})
