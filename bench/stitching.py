@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stitch.cli import to_dict  # noqa: E402
 from stitch.data.base import ImageDataModule  # noqa: E402
-from stitch.donors import datamodule_from_cfg  # noqa: E402
+from stitch.data import from_config as datamodule_from_cfg  # noqa: E402
 from stitch.evaluation import evaluate  # noqa: E402
 from stitch.experiment import PairContext, fit_direct, fit_task_loss, get_donor, resolve_device  # noqa: E402
 from stitch.features import (ActivationCache, FeatureSource, resolve_cache_dtype,  # noqa: E402

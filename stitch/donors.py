@@ -18,23 +18,17 @@ from .training import DonorModule, as_lightning
 log = logging.getLogger(__name__)
 
 
-# light helpers that now live where they belong; kept importable from here
-datamodule_from_cfg = data_lib.from_config
-donor_key = store.donor_key
-evaluate = model_accuracy
-
-
 def train_donor(data_cfg: dict, model_cfg: dict, optim_cfg: dict, trainer_cfg: dict, epochs: int, seed: int,
                 store_root: str, logger_cfg: dict | None = None, force: bool = False) -> dict:
     """Train one donor (or find it in the store) and return its metadata."""
-    key = donor_key(data_cfg, model_cfg, seed)
+    key = store.donor_key(data_cfg, model_cfg, seed)
     if store.exists(key, store_root) and not force:
         meta = store.load_meta(key, store_root)
         log.info("donor %s already in the store (test acc %.4f); skipping (force=true retrains)", key,
                  meta["metrics"]["test_acc"])
         return meta
     pl.seed_everything(seed, workers=True)
-    dm = datamodule_from_cfg(data_cfg, seed=seed)
+    dm = data_lib.from_config(data_cfg, seed=seed)
     dm.setup()
     net = models.build(key.model, num_classes=dm.num_classes, in_channels=dm.input_shape[0],
                        **dict(key.options))
@@ -64,7 +58,7 @@ def train_donor(data_cfg: dict, model_cfg: dict, optim_cfg: dict, trainer_cfg: d
     meta: dict = {}
     if trainer.is_global_zero:
         device = next(net.parameters()).device
-        metrics = {"test_acc": evaluate(net, dm, "test", device), "val_acc": evaluate(net, dm, "val", device),
+        metrics = {"test_acc": model_accuracy(net, dm, "test", device), "val_acc": model_accuracy(net, dm, "val", device),
                    "train_seconds": seconds, "epochs": epochs, "epochs_done": int(trainer.current_epoch)}
         meta = {"num_classes": dm.num_classes, "in_channels": dm.input_shape[0], "input_shape": list(dm.input_shape),
                 "multilabel": dm.multilabel, "normalize": dm.normalize, "metrics": metrics, "config": config,

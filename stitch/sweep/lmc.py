@@ -104,7 +104,7 @@ def _setup_key(row) -> tuple:
 def _evaluate_group(jobs, grid, store_root, device_name, batch_size) -> list[dict]:
     """Load the donors and data once for one layer pair, then walk every pair's λ grid."""
     from .. import store
-    from ..donors import datamodule_from_cfg
+    from ..data import from_config as datamodule_from_cfg
     from ..evaluation import evaluate
     from ..experiment import PairContext, resolve_device
     from ..features import ActivationCache, FeatureSource
