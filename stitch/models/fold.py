@@ -21,7 +21,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .base import StitchableNetwork
-from .resnet import BasicBlock
+from .resnet import BasicBlock, CifarResNet
+from .tiny10 import Tiny10
 
 
 def _fuse_sequential(seq: nn.Sequential) -> None:
@@ -37,9 +38,6 @@ def fold_batchnorm(net: StitchableNetwork, keep: Iterable[str] = ()) -> Stitchab
 
     Families other than the zoo's conv chains (and residual blocks) are returned unchanged.
     """
-    from .resnet import CifarResNet
-    from .tiny10 import Tiny10
-
     if not isinstance(net, (Tiny10, CifarResNet)):  # e.g. traced torchvision/timm graphs: left as they are
         return net
     keep = {net.check_layer(k) for k in keep}
