@@ -62,15 +62,18 @@ SKIP_MESSAGE = skipped: SCALE=released needs paper 1's released networks in $(RE
 # smoke LMC ends are short TLM runs: keep pairs below paper 1's 80 % relative-accuracy cut
 LMC_ARGS = $(if $(filter smoke,$(SCALE)),lmc.min_relative_acc=0.3,)
 
-# $(call figure,<study>,<sweep figure>,<target>[,<sweep.py defaults>[,<extra stitch.py run>]])
+# $(call figure,<study>,<sweep figure>,<target>[,<sweep.py defaults>[,<extra stitch.py run>[,<a step after
+# the study: stitch.py overrides, one plain run (no -m, no launcher) before sweep.py>]]])
 define figure_run
 	$(if $(filter released,$(SCALE)),$(MAKE) --no-print-directory released-donors STORE=$(STORE))
 	$(PY) stitch.py -m +experiment=$(1)_$(SCALE) results_dir=$(RESULTS)/$(1)_$(SCALE) store=$(FIG_STORE) \
 		$(SCALE_ARGS) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS)
 	$(if $(5),$(PY) stitch.py -m +experiment=$(1)_$(SCALE) results_dir=$(RESULTS)/$(1)_$(SCALE) store=$(FIG_STORE) \
 		$(SCALE_ARGS) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(5) $(ARGS))
+	$(if $(6),$(PY) stitch.py +experiment=$(1)_$(SCALE) results_dir=$(RESULTS)/$(1)_$(SCALE) store=$(FIG_STORE) \
+		$(SCALE_ARGS) $(6) $(filter-out hydra.launcher.% hydra/launcher=%,$(ARGS)))
 	$(PY) sweep.py inputs=[$(RESULTS)/$(1)_$(SCALE)] figures=[$(2)] out=$(FIGURES)/$(3)/$(SCALE) \
-		store=$(FIG_STORE) $(4) $(SWEEP_ARGS)
+		$(4) $(SWEEP_ARGS)
 endef
 # a scale without a config for this figure is an error (exit 2), missing shared data a skip (exit 0)
 NO_CONFIG = $(if $(wildcard stitch/conf/experiment/$(1)_$(SCALE).yaml),,1)
@@ -113,8 +116,8 @@ fig-p1-7: $(STAMP)  ## paper 1 Fig. 7: low rank, TLM bottleneck vs reduced-rank 
 fig-p1-8: $(STAMP)  ## paper 1 Fig. 8: sparsity vs relative accuracy, L1 TLM vs lasso DM
 	$(call figure,p1_fig8,p1_fig8,fig-p1-8)
 
-fig-p1-lmc: $(STAMP)  ## paper 1 Sec. 8: linear mode connectivity of stitching layers
-	$(call figure,p1_lmc,p1_lmc,fig-p1-lmc,$(LMC_ARGS))
+fig-p1-lmc: $(STAMP)  ## paper 1 Sec. 8: linear mode connectivity of stitching layers (study, step=lmc, figure)
+	$(call figure,p1_lmc,p1_lmc,fig-p1-lmc,,,step=lmc $(LMC_ARGS))
 
 fig-p2-1: $(STAMP)  ## paper 2 Fig. 1: intra-network TLM relative accuracy + OOD AUROC matrices
 	$(call figure,p2_fig1,p2_fig1,fig-p2-1)

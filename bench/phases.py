@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import copy
 import os
-import platform
 import sys
 import time
 from collections import defaultdict
@@ -31,9 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stitch import store  # noqa: E402
 from stitch.data import build as build_data  # noqa: E402
 from stitch.matching import MatchingStatistics  # noqa: E402
-from stitch.matching.task_loss import soft_cross_entropy  # noqa: E402
+from stitch.activations import to_rows  # noqa: E402
+from stitch.hardware import hardware_name  # noqa: E402
+from stitch.losses import soft_cross_entropy  # noqa: E402
 from stitch.models.fold import as_input_for, fold_batchnorm, to_channels_last  # noqa: E402
-from stitch.stitching import build_stitching_layer, to_rows  # noqa: E402
+from stitch.stitching import build_stitching_layer  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 
@@ -141,7 +142,7 @@ def main(argv=None) -> None:
             tlm_step(ph_t, dm, xb, f1, f2, s, opt, layer, dt, g)
             ls_step(ph_l, dm, xl, f1, f2, s, stats, layer, dt)
     n_tlm, n_ls = dm.size("train") / 128 / args.batches, dm.size("train") / args.ls_batch / args.batches
-    cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads"
+    cpu = hardware_name("cpu", threads=True)  # torch runs args.threads threads
     print(f"{args.model} {args.pair} at {layer} {tuple(shape)}, CIFAR-10 train {dm.size('train')}; {cpu}; "
           f"torch {torch.__version__}; {args.batches} batches per variant, extrapolated")
     for title, table, scale in (("one TLM epoch (batch 128, augmented, soft labels)", tlm, n_tlm),

@@ -26,14 +26,16 @@ from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import dataclasses  # noqa: E402
+
 from stitch.cli import to_dict  # noqa: E402
-from stitch.data.base import ImageDataModule  # noqa: E402
-from stitch.data import from_config as datamodule_from_cfg  # noqa: E402
 from stitch.evaluation import evaluate  # noqa: E402
-from stitch.experiment import PairContext, fit_direct, fit_task_loss, get_donor, resolve_device  # noqa: E402
-from stitch.features import (ActivationCache, FeatureSource, resolve_cache_dtype,  # noqa: E402
-                             resolve_precision)
-from stitch.stitching import to_rows  # noqa: E402
+from stitch.features import ActivationCache  # noqa: E402
+from stitch.hardware import hardware_name  # noqa: E402
+from stitch.matching.fitting import PairContext, fit_direct, fit_task_loss  # noqa: E402
+from stitch.settings import DMSettings, study_settings  # noqa: E402
+from stitch.study import Study  # noqa: E402
+from stitch.activations import to_rows  # noqa: E402
 
 
 def _sync(device):
@@ -67,28 +69,21 @@ def baseline_dm(ctx: PairContext, device) -> tuple[torch.Tensor, torch.Tensor]:
 def main(overrides: list[str]) -> None:
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(str(conf), version_base="1.3"):
-        cfg = to_dict(compose("stitch", overrides=["layer=layer3", "hydra.job.chdir=false", *overrides],
+        cfg = to_dict(compose("stitch", overrides=["layer=layer3", "method=[tlm,dm]", "hydra.job.chdir=false", *overrides],
                               return_hydra_config=False))
-    device = resolve_device(cfg["device"])
-    precision = resolve_precision(str(cfg["precision"]), device)
-    dm: ImageDataModule = datamodule_from_cfg(cfg["data"], augment=True)
-    dm.setup()
-    m1, _, k1 = get_donor(cfg, "model1", device)
-    m2, _, k2 = get_donor(cfg, "model2", device)
-    L = cfg["layer"] if isinstance(cfg["layer"], str) and cfg["layer"] != "all" else m1.select_layers("all")[2]
-    M = cfg["target_layer"] or L
-    tlm = dict(cfg["tlm"])
+    settings = study_settings(cfg)
+    study = Study.assemble(settings)  # the product's wiring: donors, fast path, precision
+    device, precision, dm = study.device, study.precision, study.data
+    L, M = study.layer_pairs[0]
+    tlm = settings.method["tlm"]
 
     def ctx(cached: bool) -> PairContext:
-        cache = ActivationCache(64 * 2**30) if cached else None
-        src = FeatureSource(m1, m2, L, M, dm, device, precision, cache,
-                            resolve_cache_dtype(cfg["cache"]["dtype"], device), batch_size=cfg["batch_size"])
-        return PairContext(m1, m2, L, M, src, dm.input_shape)
+        return dataclasses.replace(study, cache=ActivationCache(64 * 2**30) if cached else None).pair(L, M)
 
     rows = []
 
     def run_tlm(label, c, augment):
-        (net, info), sec = timed(lambda: fit_task_loss(c, dict(tlm, augment=augment), 0, dm.multilabel), device)
+        (net, info), sec = timed(lambda: fit_task_loss(c, dataclasses.replace(tlm, augment=augment), 0, dm.multilabel), device)
         acc = evaluate(net, c.source, dm.multilabel)["relative_acc"]
         rows.append((label, sec, acc))
         return sec
@@ -101,14 +96,14 @@ def main(overrides: list[str]) -> None:
     cb = ctx(False)
     (Wb, bb), base_dm = timed(lambda: baseline_dm(cb, device), device)
     cd = ctx(False)
-    (net, info), our_dm = timed(lambda: fit_direct(cd, {"solver": "ls"}), device)
+    (net, info), our_dm = timed(lambda: fit_direct(cd, DMSettings(solver="ls")), device)
     rel = float((net.stitch.matrix.detach().double() - Wb).norm() / Wb.norm())
     acc_dm = evaluate(net, cd.source, dm.multilabel)["relative_acc"]
     rows.append(("DM baseline (materialised rows, float64 pinv)", base_dm, None))
     rows.append(("DM ours (streaming float64 statistics)", our_dm, acc_dm))
-    hw = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"# {k1} {L} -> {k2} {M}; {dm.size('train')} train images; TLM {tlm['epochs']} epochs, batch "
-          f"{tlm['batch_size']}; {hw}; precision {precision}")
+    hw = hardware_name(device, threads=True)
+    print(f"# {study.model1.key} {L} -> {study.model2.key} {M}; {dm.size('train')} train images; TLM {tlm.epochs} "
+          f"epochs, batch {tlm.batch_size}; {hw}; precision {precision}")
     print(f"| {'run':<48} | {'seconds':>8} | {'rel. acc':>8} |")
     print(f"|{'-' * 50}|{'-' * 10}|{'-' * 10}|")
     for label, sec, acc in rows:

@@ -8,12 +8,12 @@ Prints a table; record results with the hardware in docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
 
 from stitch import models
+from stitch.hardware import hardware_name
 
 MODELS = [
     ("tiny10", {}, 32, 10),
@@ -68,8 +68,7 @@ def main(argv=None):
     p.add_argument("--models", nargs="*", default=None, help="subset of model names")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    hw = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    hw = hardware_name(device, threads=True)
     print(f"# throughput, images/s — {hw}, torch {torch.__version__}, batch {args.batch_size}, "
           f"precision {args.precision}")
     print(f"| {'model':<34} | {'input':>5} | {'train img/s':>11} | {'eval img/s':>10} |")

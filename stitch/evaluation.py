@@ -20,8 +20,10 @@ from typing import Iterable
 import torch
 
 from . import similarity
+from .activations import pool_activations, to_rows
 from .features import FeatureSource, autocast
-from .stitching import StitchedNetwork, to_rows
+from .losses import soft_cross_entropy
+from .stitching import StitchedNetwork
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +36,6 @@ def _correct(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> torch.T
     """Per-sample accuracy: 0/1, or the fraction of attributes right for multi-label tasks."""
     pred = _predictions(logits, multilabel)
     return (pred == y.bool()).float().mean(1) if multilabel else (pred == y).float()
-
-
-def _soft_ce(logits: torch.Tensor, target_logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
-    if multilabel:
-        return torch.nn.functional.binary_cross_entropy_with_logits(
-            logits, torch.sigmoid(target_logits), reduction="none").mean(1)
-    return -(torch.softmax(target_logits, 1) * torch.log_softmax(logits, 1)).sum(1)
 
 
 @torch.no_grad()
@@ -62,11 +57,10 @@ def representation_pair(x: torch.Tensor, y: torch.Tensor, mode: str = "rows") ->
     spatially pooled (N x C; tokens: the mean token); ``pooled``; ``flatten``: N x (C*H*W).
     """
     if mode == "flatten":
-        return x.reshape(len(x), -1), y.reshape(len(y), -1)
+        return similarity.flatten(x), similarity.flatten(y)
     if mode == "rows" and x.shape[2:] == y.shape[2:]:
         return to_rows(x), to_rows(y)
-    pool = lambda t: t.mean((2, 3)) if t.dim() == 4 else (t.mean(1) if t.dim() == 3 else t)  # noqa: E731
-    return pool(x), pool(y)
+    return pool_activations(x, tokens="mean"), pool_activations(y, tokens="mean")
 
 
 def similarities(x: torch.Tensor, y: torch.Tensor, names: Iterable[str], mode: str = "rows") -> dict[str, float | None]:
@@ -109,11 +103,11 @@ def evaluate(net: StitchedNetwork, source: FeatureSource, multilabel: bool, spli
         if need_identity:
             with autocast(device, source.precision):
                 logits_id = net.head(batch.a if torch.is_autocast_enabled(device.type) else batch.a.float()).float()
-            sums["ce_identity"] += _soft_ce(logits_id, z2, multilabel).sum()
+            sums["ce_identity"] += soft_cross_entropy(logits_id, z2, multilabel=multilabel, reduction="none").sum()
         sums["stitched"] += _correct(logits, y, multilabel).sum()
         sums["model1"] += _correct(logits1, y, multilabel).sum()
         sums["model2"] += _correct(z2, y, multilabel).sum()
-        sums["ce"] += _soft_ce(logits, z2, multilabel).sum()
+        sums["ce"] += soft_cross_entropy(logits, z2, multilabel=multilabel, reduction="none").sum()
         pred_s, pred_2 = _predictions(logits, multilabel), _predictions(z2, multilabel)
         sums["agree"] += ((pred_s == pred_2).float().mean(1) if multilabel else (pred_s == pred_2).float()).sum()
         diff = (s.float() - b.float()).pow(2).sum()

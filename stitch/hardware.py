@@ -7,8 +7,18 @@ import platform
 import torch
 
 
-def hardware_name(device: torch.device | str) -> str:
+def hardware_name(device: torch.device | str, threads: bool = False) -> str:
+    """The GPU's name, or ``cpu (<processor>, <n> cores)``; ``threads``: the CPU name also gives
+    torch's thread count (``..., <n> cores, <t> threads)``), for timings that depend on it."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    extra = f", {torch.get_num_threads()} threads" if threads else ""
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores{extra})"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the first GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

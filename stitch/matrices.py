@@ -1,7 +1,7 @@
 """Layer x layer similarity matrices from result records, and paper 2's pathology flag.
 
 A study with ``layer=all target_layer=all`` writes one record per (source layer L,
-target layer M, method) (see :mod:`stitch.experiment`). This module turns a list of
+target layer M, method) (see :mod:`stitch.study`). This module turns a list of
 such records into one :class:`pandas.DataFrame` per metric, rows = source layer
 (model 1), columns = target layer (model 2), which is paper 2's layout ("the
 horizontal index is the target layer and the vertical index is the source layer").
@@ -31,14 +31,12 @@ e.g. TLM rating layer 3 -> layer 5 above layer 5 -> layer 5.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 
-from .fileio import read_json
+from .sorting import natural_key
 
 
 @dataclass(frozen=True)
@@ -62,29 +60,7 @@ METRICS: dict[str, MetricSpec] = {
 
 
 # ----------------------------------------------------------------------- records
-def load_records(results_dir: str | Path, status: str | None = "ok") -> list[dict]:
-    """Read every ``<results_dir>/records/*.json`` (or ``results_dir/*.json``), keeping ``status`` ones."""
-    root = Path(results_dir)
-    folder = root / "records" if (root / "records").is_dir() else root
-    out = []
-    for p in sorted(folder.glob("*.json")):
-        try:
-            rec = read_json(p)
-        except (OSError, ValueError):
-            continue  # a file being written by a running study
-        if isinstance(rec, dict) and (status is None or rec.get("status") == status):
-            out.append(rec)
-    return out
-
-
-def layer_sort_key(name: str) -> tuple:
-    """Natural order of layer names.
-
-    ``layer2`` < ``layer10``, ``layer1.1`` < ``layer2.0``, ``blocks.2`` < ``blocks.10``.
-    """
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(name)))
-
-
+# (read them with stitch.results.load_records)
 def _model_id(m: dict | None) -> str:
     m = m or {}
     return str(m.get("key") or f"{m.get('name')}/seed{m.get('seed')}")
@@ -143,9 +119,9 @@ def metric_matrix(records: Sequence[dict], key: str, *, method: str | None = Non
     rows = [(r["layer"], r["target_layer"], _value(r, key)) for r in records
             if method is None or r.get("method") == method]
     df = pd.DataFrame(rows, columns=["source", "target", "value"]).dropna()
-    srcs = list(sources) if sources is not None else sorted({r["layer"] for r in records}, key=layer_sort_key)
+    srcs = list(sources) if sources is not None else sorted({r["layer"] for r in records}, key=natural_key)
     tgts = list(targets) if targets is not None else sorted({r["target_layer"] for r in records},
-                                                            key=layer_sort_key)
+                                                            key=natural_key)
     if df.empty:
         mat = pd.DataFrame(index=srcs, columns=tgts, dtype=float)
     else:

@@ -34,27 +34,13 @@ import pandas as pd
 import torch
 from scipy import stats as sps
 
+from .activations import from_rows, pool_activations, to_rows
 from .errors import ConfigError
 
 SimilarityFn = Callable[[torch.Tensor, torch.Tensor], float]
 
 
 # -------------------------------------------------------------------- activations
-def pool_activations(h: torch.Tensor, tokens: str = "cls") -> torch.Tensor:
-    """N x C x H x W -> N x C (spatial mean); N x T x D -> N x D (``cls``: token 0, ``mean``); N x D as is."""
-    if h.dim() == 4:
-        return h.float().mean((2, 3))
-    if h.dim() == 3:
-        if tokens == "cls":
-            return h[:, 0].float()
-        if tokens == "mean":
-            return h.float().mean(1)
-        raise ConfigError(f"token pooling must be cls or mean, got {tokens!r}")
-    if h.dim() == 2:
-        return h.float()
-    raise ValueError(f"cannot pool activations of shape {tuple(h.shape)}")
-
-
 @torch.no_grad()
 def collect_activations(model, dm, layers: Sequence[str], split: str = "train", limit: int | None = None,
                         device: torch.device | str = "cpu", batch_size: int = 256, pooled: bool = True,
@@ -193,29 +179,12 @@ def specificity_test(similarity: pd.DataFrame | Mapping[tuple[str, str], float],
 
 
 # ------------------------------------------------------------ component deletion
-def _rows(h: torch.Tensor) -> torch.Tensor:
-    if h.dim() == 4:
-        return h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])
-    if h.dim() == 3:
-        return h.reshape(-1, h.shape[2])
-    if h.dim() == 2:
-        return h
-    raise ValueError(f"activations must be N x C x H x W, N x T x D or N x D; got {tuple(h.shape)}")
-
-
-def _unrows(r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    if like.dim() == 4:
-        n, c, hh, ww = like.shape
-        return r.reshape(n, hh, ww, c).permute(0, 3, 1, 2).contiguous()
-    return r.reshape(like.shape)
-
-
 def pca_basis(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PCA of the channel/feature axis: (mean, components as columns by decreasing variance, variances).
 
     Rows are samples times positions (conv) or tokens, as a 1x1 stitching layer sees them.
     """
-    r = _rows(h).double()
+    r = to_rows(h).double()
     mean = r.mean(0)
     _, s, vh = torch.linalg.svd(r - mean, full_matrices=False)
     return mean, vh.T, s.square() / max(1, len(r) - 1)
@@ -240,9 +209,9 @@ def delete_principal_components(h: torch.Tensor, k: int, order: str = "lowest",
     if k == 0:
         return h.clone()
     drop = comps[:, c - k:] if order == "lowest" else comps[:, :k]
-    r = _rows(h).double() - mean
+    r = to_rows(h).double() - mean
     r = r - (r @ drop) @ drop.T
-    return _unrows((r + mean).to(h.dtype), h)
+    return from_rows((r + mean).to(h.dtype), h)
 
 
 def index_similarity(name: str, samples: int | None = 2000, mode: str = "rows", seed: int = 0) -> SimilarityFn:
@@ -278,12 +247,12 @@ def direct_matching_accuracy(src_train: torch.Tensor, tgt_train: torch.Tensor, s
     if src_train.shape[2:] != tgt_train.shape[2:]:
         raise ValueError(f"direct_matching_accuracy needs matching spatial layouts, got {tuple(src_train.shape)} "
                          f"and {tuple(tgt_train.shape)}")
-    W, b = direct(_rows(src_train).double(), _rows(tgt_train).double())
-    out_rows = _rows(src_test).double() @ W + b
+    W, b = direct(to_rows(src_train).double(), to_rows(tgt_train).double())
+    out_rows = to_rows(src_test).double() @ W + b
     like = torch.empty((src_test.shape[0], W.shape[1], *src_test.shape[2:])) if src_test.dim() == 4 else \
         torch.empty((*src_test.shape[:-1], W.shape[1]))
     with torch.no_grad():
-        logits = head(_unrows(out_rows.float(), like))
+        logits = head(from_rows(out_rows.float(), like))
     return float((logits.argmax(1).cpu() == y_test.cpu()).float().mean())
 
 

@@ -1,21 +1,27 @@
-"""Validation of the composed configurations, before any work is done.
+"""Typed study settings, validated before any work is done.
 
-``check_stitch(cfg)`` (``stitch.py``) and ``check_train(cfg)`` (``train_models.py``) take the
-resolved config dict and raise one ``ConfigError`` that lists every problem, one line each:
-the key, the value given and what is allowed, e.g. ``tlm.loss='sofft': expected one of hard,
-soft``. ``check_layers(cfg, num_classes)`` cross-checks layer names against untrained
-networks, so a layer typo fails before any donor is trained.
+``study_settings(cfg)`` turns the resolved ``conf/stitch.yaml`` dict into a frozen
+:class:`StudySettings` (sections: :class:`ModelSpec`, :class:`DataSpec`, :class:`TLMSettings`,
+:class:`DMSettings`, :class:`CacheSettings`, :class:`SimilaritySettings`, :class:`OODSettings`,
+:class:`DonorSettings`), or raises one ``ConfigError`` that lists every problem, one line
+each: the key, the value given and what is allowed, e.g. ``tlm.loss='sofft': expected one of
+hard, soft``. Every section is closed: an unknown key (``+tlm.epoch=5``) is reported with the
+section's keys. ``check_layers`` cross-checks layer names (and ranks) against untrained
+networks, so a typo fails before any donor is trained. ``check_train`` checks
+``conf/train.yaml``.
 
-The rules are tables (key -> Rule); the sections with a fixed set of keys (``tlm``, ``dm``,
-``cache``, ``similarity``) also report keys they do not know, e.g. ``+tlm.epoch=5``. Hydra
-itself rejects ``tlm.epoch=5`` (no ``+``) before this code runs.
+Each field declares whether it changes a run's result (``results=False``: where things are,
+how fast they run). A run's identity (``stitch/study/records.py``) is built from the fields
+that do, as the config sets them: a new option with a code default cannot re-hash finished
+runs, and an option that does not change results never enters the hash. A field added after
+records existed declares ``identity_default``: at that value it stays out of the identity.
 """
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar
 
 from . import similarity
 from .errors import ConfigError
@@ -69,41 +75,375 @@ NONNEG_INT = Rule(lambda v: _int(v) and v >= 0, "an integer >= 0")
 BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
 POSITIVE = Rule(lambda v: _number(v) and v > 0, "a finite number > 0")
 NONNEG = Rule(lambda v: _number(v) and v >= 0, "a finite number >= 0")
+NUMBER = Rule(_number, "a finite number")
 TEXT = Rule(lambda v: v is None or isinstance(v, str), "a string")
+NAME = Rule(lambda v: isinstance(v, str) and v != "", "a name")
+PATH = Rule(lambda v: isinstance(v, str) and v != "", "a path")
+MAPPING = Rule(lambda v: v is None or isinstance(v, dict), "a group of settings (key: value) or null")
 LAYERS = Rule(_layer_names, "a layer name, all, or a non-empty list of layer names")
 DEVICE = Rule(lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v) is not None,
               "auto, cpu, cuda, cuda:N or mps")
 # Hydra parses precision=32 as an int, hence str()
 PRECISION = Rule(lambda v: not isinstance(v, bool) and str(v) in ("auto", "32", "bf16", "16"),
                  "one of auto, 32, bf16, 16")
+ANY = Rule(lambda v: True, "anything")
 
-STITCH_TOP = {
-    "seed": INT, "model1.seed": DONOR, "model2.seed": DONOR,
-    "model1.weights": or_null(Rule(lambda v: isinstance(v, str) and v != "", "a state-dict file path")),
-    "model2.weights": or_null(Rule(lambda v: isinstance(v, str) and v != "", "a state-dict file path")),
-    "layer": LAYERS, "target_layer": or_null(LAYERS),
-    "device": DEVICE, "precision": PRECISION, "batch_size": POS_INT, "train_limit": or_null(POS_INT),
-    "test_limit": or_null(POS_INT), "force": BOOL, "save_stitch": BOOL, "fold_batchnorm": BOOL,
-    "channels_last": BOOL, "print_table": BOOL,
-    "donor.train_missing": BOOL, "donor.epochs": POS_INT,
-    # optional (+claim_timeout_s=..., +progress_every_s=...; stitch/experiment.py)
-    "claim_timeout_s": POSITIVE, "progress_every_s": NONNEG,
-}
-CACHE = {"enabled": BOOL, "budget_gb": Rule(lambda v: v == "auto" or POSITIVE.ok(v), "auto or a number > 0"),
-         "dtype": one_of("auto", "float32", "float16", "bfloat16")}
-SIMILARITY = {"indices": Rule(_similarity_names, f"a list of: {', '.join(sorted(similarity.INDICES))}"),
-              "samples": Rule(lambda v: _int(v) and v >= 4, "an integer >= 4"),
-              "mode": one_of("rows", "pooled", "flatten"), "raw": BOOL}
-TLM = {"kind": one_of("tlm"), "name": TEXT, "loss": one_of("hard", "soft"), "temperature": POSITIVE,
-       "init": one_of("random", "identity", "dm", "ls"), "init_samples": or_null(POS_INT), "lr": POSITIVE,
-       "weight_decay": NONNEG, "batch_size": POS_INT, "epochs": POS_INT,
-       "schedule": one_of("constant", "step", "cosine"), "augment": BOOL, "rank": or_null(POS_INT), "l1": NONNEG,
-       "cka_penalty": NONNEG, "track_every": NONNEG_INT, "track_samples": POS_INT, "zero_threshold": NONNEG}
-DM = {"kind": one_of("dm"), "name": TEXT, "solver": one_of(*KINDS), "split": one_of("train", "test"),
-      "samples": or_null(POS_INT),
-      "rank": or_null(POS_INT), "alpha": or_null(POSITIVE), "bias": BOOL, "zero_threshold": NONNEG}
+
+class _Absent:
+    """A key the config does not set: the code's default applies, and the key is not in the identity."""
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()
+
+
+def setting(rule: Rule, default: Any = ABSENT, *, results: bool = True, identity_default: Any = ABSENT):
+    """A field of a settings section: its rule, its default, and whether it changes results."""
+    return field(default=default, metadata={"rule": rule, "results": results, "identity_default": identity_default})
+
+
+class Problems(list):
+    def add(self, key: str, value: Any, allowed: str) -> None:
+        self.append(f"{key}={value!r}: expected {allowed}")
+
+
+@dataclass(frozen=True)
+class Section:
+    """A closed group of settings. ``given``: the keys the config set (what the identity holds)."""
+
+    given: frozenset = field(default=frozenset(), repr=False, compare=False, metadata={"internal": True})
+    title: ClassVar[str] = "settings"
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls) if not f.metadata.get("internal")]
+
+    @classmethod
+    def parse(cls, raw: Any, prefix: str, problems: Problems):
+        """``raw`` (a config dict) as this section; problems are appended, never raised."""
+        where = prefix.rstrip(".")
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            problems.add(where, raw, f"a group of {cls.title} ({', '.join(cls.keys())})")
+            return None
+        names = cls.keys()
+        problems += [f"{prefix}{k}={raw[k]!r}: unknown key; {where} keys are: {', '.join(names)}"
+                     for k in raw if k not in names]
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.metadata.get("internal") or f.name not in raw:
+                continue
+            v = raw[f.name]
+            sub = f.metadata.get("section")
+            if sub is not None:
+                v = sub.parse(v, f"{prefix}{f.name}.", problems)
+                if v is None:
+                    continue
+            elif not f.metadata["rule"].ok(v):
+                problems.add(prefix + f.name, v, f.metadata["rule"].allowed)
+                continue
+            values[f.name] = v
+        obj = cls(given=frozenset(k for k in raw if k in names), **values)
+        obj.cross_check(prefix, problems)
+        return obj
+
+    def cross_check(self, prefix: str, problems: Problems) -> None:
+        """Checks that involve several fields (a solver and its parameter)."""
+
+    def get(self, name: str) -> Any:
+        """The value, or the field's default when the config does not set it (None when it has none)."""
+        v = getattr(self, name)
+        return None if v is ABSENT else v
+
+    def identity(self) -> dict:
+        """The result-changing settings the config sets (see the module docstring)."""
+        out = {}
+        for f in fields(self):
+            if f.metadata.get("internal") or f.name not in self.given or not f.metadata.get("results", True):
+                continue
+            v = getattr(self, f.name)
+            if f.metadata.get("identity_default", ABSENT) is not ABSENT and v == f.metadata["identity_default"]:
+                continue
+            out[f.name] = v.identity() if isinstance(v, Section) else v
+        return out
+
+    def as_dict(self) -> dict:
+        """The settings the config sets, as a plain dict (for the data and store factories)."""
+        return {f.name: (getattr(self, f.name).as_dict() if isinstance(getattr(self, f.name), Section)
+                         else getattr(self, f.name))
+                for f in fields(self) if not f.metadata.get("internal") and f.name in self.given}
+
+
+def section(cls: type[Section], *, results: bool = True):
+    """A field holding a nested section."""
+    return field(default=None, metadata={"section": cls, "results": results})
+
+
+# ------------------------------------------------------------------------ sections
+@dataclass(frozen=True)
+class ModelSpec(Section):
+    title: ClassVar[str] = "model settings"
+    name: str = setting(NAME, "tiny10")
+    seed: int | str = setting(DONOR, 0)
+    options: dict | None = setting(MAPPING, None)
+    # where the weights are read from, not what they are (the donor's sha256 is in every record)
+    weights: str | None = setting(or_null(Rule(lambda v: isinstance(v, str) and v != "", "a state-dict file path")),
+                                  None, results=False)
+
+
+_SUBSET = or_null(POS_INT)
+
+
+@dataclass(frozen=True)
+class DataSpec(Section):
+    """Keys of ``conf/data/*.yaml``; each data set uses its own subset (``stitch/data``)."""
+    title: ClassVar[str] = "data settings"
+    name: str = setting(NAME)
+    # where the images are and how they are read: moving the data keeps a run's identity
+    root: str = setting(PATH, results=False)
+    download: bool = setting(BOOL, results=False)
+    cache: bool = setting(BOOL, results=False)
+    num_workers: int = setting(NONNEG_INT, results=False)
+    layout: str = setting(one_of("auto", "torchvision", "folder", "npz"), results=False)
+    batch_size: int = setting(POS_INT)
+    normalize: bool = setting(BOOL, True)
+    augment: bool = setting(BOOL)
+    train_subset: int | None = setting(_SUBSET)
+    test_subset: int | None = setting(_SUBSET)
+    tlm_lr: float = setting(POSITIVE)
+    image_size: int = setting(POS_INT)
+    num_classes: int = setting(POS_INT)
+    train_size: int = setting(POS_INT)
+    test_size: int = setting(POS_INT)
+
+
+@dataclass(frozen=True)
+class TLMSettings(Section):
+    title: ClassVar[str] = "TLM settings"
+    kind: str = setting(one_of("tlm"), "tlm")
+    name: str | None = setting(TEXT, None)
+    loss: str = setting(one_of("hard", "soft"), "hard")
+    temperature: float = setting(POSITIVE, 1.0)
+    init: str = setting(one_of("random", "identity", "dm", "ls"), "random")
+    init_samples: int | None = setting(or_null(POS_INT), None)
+    lr: float = setting(POSITIVE, 1e-3)
+    weight_decay: float = setting(NONNEG, 0.0)
+    batch_size: int = setting(POS_INT, 256)
+    epochs: int = setting(POS_INT, 30)
+    schedule: str = setting(one_of("constant", "step", "cosine"), "constant")
+    augment: bool = setting(BOOL, False)
+    rank: int | None = setting(or_null(POS_INT), None)
+    l1: float = setting(NONNEG, 0.0)
+    cka_penalty: float = setting(NONNEG, 0.0)
+    track_every: int = setting(NONNEG_INT, 0)
+    track_samples: int = setting(POS_INT, 256)
+    zero_threshold: float = setting(NONNEG, 1e-4)
+
+
+@dataclass(frozen=True)
+class DMSettings(Section):
+    title: ClassVar[str] = "DM settings"
+    kind: str = setting(one_of("dm"), "dm")
+    name: str | None = setting(TEXT, None)
+    solver: str = setting(one_of(*KINDS), "ls")
+    # added after records existed: solving on the training split stays out of the identity
+    split: str = setting(one_of("train", "test"), "train", identity_default="train")
+    samples: int | None = setting(or_null(POS_INT), None)
+    rank: int | None = setting(or_null(POS_INT), None)
+    alpha: float | None = setting(or_null(POSITIVE), None)
+    bias: bool = setting(BOOL, True)
+    zero_threshold: float = setting(NONNEG, 1e-4)
+
+    def cross_check(self, prefix: str, problems: Problems) -> None:
+        # the solver's own parameter must be set (its type is checked by its rule)
+        for solver, param, allowed in (("rank", "rank", "a positive integer"), ("lasso", "alpha", "a number > 0")):
+            if self.solver == solver and getattr(self, param) is None:
+                problems.add(f"{prefix}{param}", None, f"{allowed} with solver={solver}")
+
+
+@dataclass(frozen=True)
+class CacheSettings(Section):
+    title: ClassVar[str] = "cache settings"
+    enabled: bool = setting(BOOL, True)
+    budget_gb: float | str = setting(Rule(lambda v: v == "auto" or POSITIVE.ok(v), "auto or a number > 0"), "auto")
+    dtype: str = setting(one_of("auto", "float32", "float16", "bfloat16"), "auto")
+
+
+@dataclass(frozen=True)
+class SimilaritySettings(Section):
+    title: ClassVar[str] = "similarity settings"
+    indices: list = setting(Rule(_similarity_names, f"a list of: {', '.join(sorted(similarity.INDICES))}"), ())
+    samples: int = setting(Rule(lambda v: _int(v) and v >= 4, "an integer >= 4"), 500)
+    mode: str = setting(one_of("rows", "pooled", "flatten"), "rows")
+    raw: bool = setting(BOOL, True)
+
+
+@dataclass(frozen=True)
+class OODSettings(Section):
+    """Paper 2's OOD score (``stitch/ood``). Its detector settings are checked by ``stitch.ood``'s own
+    parser when ``enabled``; they are part of a run's identity only then."""
+    title: ClassVar[str] = "OOD settings (switch them on with ood.enabled=true)"
+    enabled: bool = setting(BOOL, False)
+    split: str = setting(one_of("train", "val", "test"), "test")
+    detector: dict = setting(MAPPING, None)
+    energy: dict = setting(MAPPING, None)
+    outliers: dict = setting(MAPPING, None)
+    sanity: dict = setting(MAPPING, None)
+
+    def cross_check(self, prefix: str, problems: Problems) -> None:
+        if self.enabled:
+            from .ood import detector_config, sanity_config  # the detector's own typed settings
+
+            for parse in (detector_config, sanity_config):
+                try:
+                    parse(self.as_dict())
+                except ConfigError as e:
+                    problems.append(str(e))
+
+    def identity(self) -> dict:
+        return super().identity() if self.enabled else {}
+
+
+@dataclass(frozen=True)
+class DonorSettings(Section):
+    """How missing donors are trained; a donor's identity is its store key and sha256, not these."""
+    title: ClassVar[str] = "donor settings"
+    train_missing: bool = setting(BOOL, True)
+    epochs: int = setting(POS_INT, 30)
+    optim: dict = setting(MAPPING, None)
+    trainer: dict = setting(MAPPING, None)
+
+
+@dataclass(frozen=True)
+class LMCSettings(Section):
+    """Linear mode connectivity of saved stitching layers (``step=lmc``, ``stitch/study/lmc.py``)."""
+    title: ClassVar[str] = "LMC settings"
+    lambdas: int = setting(Rule(lambda v: _int(v) and v >= 2, "an integer >= 2"), 11)  # points on [0, 1]
+    pairs: list = setting(Rule(lambda v: isinstance(v, list) and len(v) > 0 and set(v) <= {"seeds", "methods"},
+                               "a non-empty list of: seeds, methods"), ("seeds", "methods"))
+    min_relative_acc: float = setting(NONNEG, 0.8)  # paper 1: both ends at >= 80 % relative accuracy
+    max_pairs: int = setting(POS_INT, 4)  # per layer pair and pair type
+
+
+_METHODS = {"tlm": TLMSettings, "dm": DMSettings}
+
+
+@dataclass(frozen=True)
+class StudySettings(Section):
+    """One stitching study (``conf/stitch.yaml``)."""
+    title: ClassVar[str] = "study settings"
+    study: str = setting(TEXT, "default", results=False)
+    results_dir: str = setting(PATH, "results/default", results=False)
+    store: str = setting(PATH, "models", results=False)
+    seed: int = setting(INT, 0)
+    # the layer pair of a run enters its identity as (layer, target_layer) names, not these selections
+    layer: str | list = setting(LAYERS, "all", results=False)
+    target_layer: str | list | None = setting(or_null(LAYERS), None, results=False)
+    data: DataSpec = section(DataSpec)
+    model1: ModelSpec = section(ModelSpec)
+    model2: ModelSpec = section(ModelSpec)
+    # name -> TLMSettings | DMSettings; a run's identity holds its own method's settings
+    method: dict = field(default=None, metadata={"rule": ANY, "results": False})
+    tlm: dict = setting(MAPPING, None, results=False)  # the sources of method.tlm / method.dm
+    dm: dict = setting(MAPPING, None, results=False)
+    device: str = setting(DEVICE, "auto", results=False)
+    precision: str | int = setting(PRECISION, "auto")
+    batch_size: int = setting(POS_INT, 256, results=False)
+    fold_batchnorm: bool = setting(BOOL, True, results=False)  # equal within float32 rounding
+    channels_last: bool = setting(BOOL, True, results=False)
+    # a variable the rank experiments sweep and interpolate into tlm.rank and dm.rank (conf/experiment/p1_fig7_*)
+    rank: int | None = setting(or_null(POS_INT), None)
+    train_limit: int | None = setting(or_null(POS_INT), None)
+    test_limit: int | None = setting(or_null(POS_INT), None)
+    cache: CacheSettings = section(CacheSettings, results=False)
+    similarity: SimilaritySettings = section(SimilaritySettings)
+    ood: OODSettings = section(OODSettings)
+    donor: DonorSettings = section(DonorSettings, results=False)
+    logger: dict = setting(MAPPING, None, results=False)
+    # what stitch.py does: stitch (fit and record every run) | lmc (interpolate the saved layers of finished runs)
+    step: str = setting(one_of("stitch", "lmc"), "stitch", results=False)
+    lmc: LMCSettings = section(LMCSettings, results=False)
+    force: bool = setting(BOOL, False, results=False)
+    save_stitch: bool = setting(BOOL, False, results=False)
+    print_table: bool = setting(BOOL, True, results=False)
+    # optional (+claim_timeout_s=..., +progress_every_s=...; stitch/study/runner.py)
+    claim_timeout_s: float = setting(POSITIVE, 6 * 3600.0, results=False)
+    progress_every_s: float = setting(NONNEG, 30.0, results=False)
+
+    @classmethod
+    def parse(cls, raw: Any, prefix: str, problems: Problems):
+        if not isinstance(raw, dict):
+            problems.add("config", raw, "a mapping")
+            return None
+        methods = raw.get("method")
+        raw = {k: v for k, v in raw.items() if k != "method"}
+        obj = super().parse(raw, prefix, problems)
+        parsed: dict[str, Section] = {}
+        if not methods or not isinstance(methods, dict):
+            problems.add("method", methods, "tlm, dm or [tlm,dm]")
+        else:
+            for name, m in methods.items():
+                # the user writes tlm.lr=..., not method.tlm.lr (conf/method/*.yaml interpolate the tlm/dm nodes)
+                key = name if raw.get(name) == m else f"method.{name}"
+                kind = m.get("kind") if isinstance(m, dict) else m
+                if kind not in _METHODS:
+                    problems.add(f"{key}.kind", kind, "one of tlm, dm")
+                    continue
+                parsed[name] = _METHODS[kind].parse(m, f"{key}.", problems)
+        if obj is None:
+            return None
+        for which in _SECTIONS:
+            if getattr(obj, which) is None:  # not set: the section's defaults
+                object.__setattr__(obj, which, _SECTIONS[which]())
+        object.__setattr__(obj, "method", parsed)
+        return obj
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def self_stitch_possible(self) -> bool:
+        return self.model1.name == self.model2.name and self.model1.options == self.model2.options
+
+    def identity(self) -> dict:
+        out = super().identity()
+        if not self.ood.enabled:
+            out.pop("ood", None)  # detector settings only matter when OOD scores are computed
+        return out
+
+
+_SECTIONS = {"data": DataSpec, "model1": ModelSpec, "model2": ModelSpec, "cache": CacheSettings,
+             "similarity": SimilaritySettings, "ood": OODSettings, "donor": DonorSettings, "lmc": LMCSettings}
+
+
+def _raise(problems: list[str]) -> None:
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} configuration problems:\n  " + "\n  ".join(problems))
+
+
+def study_settings(cfg: dict) -> StudySettings:
+    """The typed settings of a resolved ``conf/stitch.yaml`` config; ``ConfigError`` lists every problem."""
+    if isinstance(cfg, StudySettings):
+        return cfg
+    problems = Problems()
+    if isinstance(cfg, dict) and not isinstance(cfg.get("ood", {}), (dict, type(None))):
+        # ood=true replaces the whole group (detector settings included) with a bool
+        problems.add("ood", cfg["ood"], "the group of OOD settings; switch it with ood.enabled=true|false")
+        cfg = {k: v for k, v in cfg.items() if k != "ood"}
+    s = StudySettings.parse(cfg, "", problems)
+    _raise(problems)
+    return s
+
+
+def check_stitch(cfg: dict) -> None:
+    """Raise ``ConfigError`` listing every problem of a resolved ``conf/stitch.yaml`` config."""
+    study_settings(cfg)
+
+
 TRAIN_TOP = {"seed": INT, "epochs": POS_INT, "optim.lr": POSITIVE, "force": BOOL}
-
 _MISSING = object()
 
 
@@ -115,112 +455,70 @@ def _get(cfg: dict, key: str) -> Any:
     return cfg
 
 
-def _line(key: str, value: Any, allowed: str) -> str:
-    return f"{key}={value!r}: expected {allowed}"
-
-
-def _check(cfg: dict, rules: dict[str, Rule], prefix: str = "", closed: bool = False) -> list[str]:
-    """Problems of ``cfg`` under ``rules``; keys absent from ``cfg`` take the code's defaults."""
-    problems = []
-    for key, rule in rules.items():
+def check_train(cfg: dict) -> None:
+    """Raise ``ConfigError`` listing every problem of a resolved ``conf/train.yaml`` config."""
+    problems = Problems()
+    for key, rule in TRAIN_TOP.items():
         value = _get(cfg, key)
         if value is not _MISSING and not rule.ok(value):
-            problems.append(_line(prefix + key, value, rule.allowed))
-    if closed:
-        problems += [f"{prefix}{k}={cfg[k]!r}: unknown key; {prefix.rstrip('.')} keys are: {', '.join(rules)}"
-                     for k in cfg if k not in rules]
-    return problems
-
-
-def _section(cfg: dict, key: str, rules: dict[str, Rule]) -> list[str]:
-    value = cfg.get(key, {})
-    if not isinstance(value, dict):
-        return [_line(key, value, f"a group of settings ({', '.join(rules)})")]
-    return _check(value, rules, f"{key}.", closed=True)
-
-
-def _method(cfg: dict, name: str, m: Any) -> list[str]:
-    # the user writes tlm.lr=..., not method.tlm.lr (conf/method/*.yaml interpolate the tlm/dm nodes)
-    key = name if cfg.get(name) == m else f"method.{name}"
-    if not isinstance(m, dict) or m.get("kind") not in ("tlm", "dm"):
-        kind = m.get("kind") if isinstance(m, dict) else m
-        return [_line(f"{key}.kind", kind, "one of tlm, dm")]
-    if m["kind"] == "tlm":
-        return _check(m, TLM, f"{key}.", closed=True)
-    problems = _check(m, DM, f"{key}.", closed=True)
-    # the solver's own parameter must be set (its type is checked above)
-    for solver, param, allowed in (("rank", "rank", "a positive integer"), ("lasso", "alpha", "a number > 0")):
-        if m.get("solver") == solver and m.get(param) is None:
-            problems.append(_line(f"{key}.{param}", None, f"{allowed} with solver={solver}"))
-    return problems
-
-
-def _raise(problems: list[str]) -> None:
-    if len(problems) == 1:
-        raise ConfigError(problems[0])
-    if problems:
-        raise ConfigError(f"{len(problems)} configuration problems:\n  " + "\n  ".join(problems))
-
-
-def check_stitch(cfg: dict) -> None:
-    """Raise ``ConfigError`` listing every problem of a resolved ``conf/stitch.yaml`` config."""
-    problems = _check(cfg, STITCH_TOP)
-    problems += _section(cfg, "cache", CACHE)
-    problems += _section(cfg, "similarity", SIMILARITY)
-    methods = cfg.get("method")
-    if not methods or not isinstance(methods, dict):
-        problems.append(_line("method", methods, "tlm, dm or [tlm,dm]"))
-    else:
-        for name, m in methods.items():
-            problems += _method(cfg, name, m)
-    ood = cfg.get("ood", {})
-    if isinstance(ood, dict):
-        problems += _check(ood, {"enabled": BOOL}, "ood.")
-    else:  # ood=true replaces the whole group (detector settings included) with a bool
-        problems.append(_line("ood", ood, "the group of OOD settings; switch it with ood.enabled=true|false"))
+            problems.add(key, value, rule.allowed)
     _raise(problems)
 
 
-def check_train(cfg: dict) -> None:
-    """Raise ``ConfigError`` listing every problem of a resolved ``conf/train.yaml`` config."""
-    _raise(_check(cfg, TRAIN_TOP))
+def check_layers(s: StudySettings, num_classes: int, input_shape: tuple[int, ...] | None = None) -> None:
+    """Reject layer names the two models do not have, and ranks above the channels of a layer pair,
+    using untrained networks (no donor needed).
 
-
-def check_layers(cfg: dict, num_classes: int, input_shape: tuple[int, ...] | None = None) -> None:
-    """Reject layer names the two models do not have, using untrained networks (no donor needed).
-
-    Names are resolved as ``experiment.layer_pairs`` does (aliases, groups, ``all``), by the networks.
+    Names are resolved as the study does (aliases, groups, ``all``: ``StitchableNetwork.select_layers``).
     """
     from . import models  # builds networks: imported only when layers are checked
 
-    def build(m: dict):
-        return models.build(m["name"], num_classes, **dict(m.get("options") or {}))
+    def build(m: ModelSpec):
+        return models.build(m.name, num_classes, **dict(m.options or {}))
 
-    m1 = build(cfg["model1"])
-    same = all(cfg["model1"].get(k) == cfg["model2"].get(k) for k in ("name", "options"))
-    nets = {"model1": m1, "model2": m1 if same else build(cfg["model2"])}
+    m1 = build(s.model1)
+    nets = {"model1": m1, "model2": m1 if s.self_stitch_possible else build(s.model2)}
     problems: list[str] = []
     if input_shape is not None:  # e.g. a 224-px ViT on 32-px images: say so before any donor is trained
         for which, net in nets.items():
+            spec: ModelSpec = getattr(s, which)
             try:
                 net.layer_shapes(tuple(input_shape))
             except Exception as e:  # noqa: BLE001 - any failure here means the input does not fit
                 first = str(e).splitlines()[0] if str(e) else type(e).__name__
-                problems.append(f"{which}={cfg[which]['name']} {cfg[which].get('options') or {}} cannot take "
-                                f"{cfg['data']['name']} images of shape {tuple(input_shape)} ({first}); pick a "
+                problems.append(f"{which}={spec.name} {spec.options or {}} cannot take "
+                                f"{s.data.name} images of shape {tuple(input_shape)} ({first}); pick a "
                                 f"matching input size (e.g. model@{which}=vit_tiny_32 or {which}.options.img_size=...)")
         _raise(problems)
     selected = {}
     for key, which in (("layer", "model1"), ("target_layer", "model2")):
-        if cfg.get(key) is not None:
+        if getattr(s, key) is not None:
             try:
-                selected[key] = nets[which].select_layers(cfg[key])
+                selected[key] = nets[which].select_layers(getattr(s, key))
             except models.UnknownLayerError as e:
-                problems.append(f"{key}={cfg[key]!r} ({which}): {e}")
-    if cfg.get("target_layer") is None and "layer" in selected:  # the target is the source layer
+                problems.append(f"{key}={getattr(s, key)!r} ({which}): {e}")
+    if s.target_layer is None and "layer" in selected:  # the target is the source layer
         missing = [n for n in selected["layer"] if n not in nets["model2"].layers]
         if missing:
             problems.append(f"target_layer=None: the target is then the source layer, and model2 "
-                            f"({cfg['model2']['name']}) has no layer {missing[0]!r}; pass target_layer=<name> "
+                            f"({s.model2.name}) has no layer {missing[0]!r}; pass target_layer=<name> "
                             f"or all (model2 layers: {', '.join(nets['model2'].layers)})")
+    if not problems and input_shape is not None:
+        problems += _rank_problems(s, nets, selected, tuple(input_shape))
     _raise(problems)
+
+
+def _rank_problems(s: StudySettings, nets: dict, selected: dict, input_shape: tuple[int, ...]) -> list[str]:
+    """A low-rank layer (TLM ``rank``, DM ``solver=rank``) of rank above min(C_in, C_out) is not low rank."""
+    ranked = {name: m.rank for name, m in s.method.items()
+              if m.rank is not None and (m.kind == "tlm" or m.solver == "rank")}
+    if not ranked:
+        return []
+    sources = selected.get("layer", [])
+    targets = selected.get("target_layer") or sources
+    pairs = list(zip(sources, sources)) if s.target_layer is None else [(L, M) for L in sources for M in targets]
+    shapes1, shapes2 = nets["model1"].layer_shapes(input_shape), nets["model2"].layer_shapes(input_shape)
+    channels = lambda shape: shape[0] if len(shape) == 3 else shape[-1]  # noqa: E731 - conv C x H x W, tokens T x D
+    most = min(min(channels(shapes1[L]), channels(shapes2[M])) for L, M in pairs)
+    return [f"{name}.rank={r!r}: expected a positive integer <= {most} (the fewest channels of the "
+            f"layer pairs)" for name, r in ranked.items() if r > most]

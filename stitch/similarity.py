@@ -50,10 +50,12 @@ Conventions every caller should know
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
+
+from .activations import ArrayLike, to_rows
 
 __all__ = [
     "SimilarityIndex",
@@ -61,6 +63,7 @@ __all__ = [
     "get",
     "compute_all",
     "cka",
+    "linear_cka_torch",
     "cca",
     "svcca",
     "pwcca",
@@ -71,37 +74,14 @@ __all__ = [
     "flatten",
 ]
 
-ArrayLike = Any  # torch.Tensor | np.ndarray | nested sequences
-
 _EPS = float(np.finfo(np.float64).eps)
 
 
 # --------------------------------------------------------------------------------------
 # Reshaping helpers for callers
 # --------------------------------------------------------------------------------------
-def conv_to_rows(act: ArrayLike) -> ArrayLike:
-    """Reshape activations so that each spatial position / token is one sample (row).
-
-    * ``N x C x H x W`` (conv) -> ``(N*H*W) x C``; row ``n*H*W + h*W + w`` is ``act[n, :, h, w]``.
-    * ``N x T x D`` (tokens)   -> ``(N*T) x D``; row ``n*T + t`` is ``act[n, t, :]``.
-    * ``N x D`` is returned unchanged.
-
-    This is the layout used by direct matching and the one that gives the CCA family
-    enough samples (n > p). Returns the same type (torch tensor or numpy array) as given.
-    """
-    is_torch = isinstance(act, torch.Tensor)
-    a = act if is_torch else np.asarray(act)
-    if a.ndim == 4:
-        c = a.shape[1]
-        moved = a.permute(0, 2, 3, 1) if is_torch else np.transpose(a, (0, 2, 3, 1))
-        return moved.reshape(-1, c)
-    if a.ndim == 3:
-        return a.reshape(-1, a.shape[2])
-    if a.ndim == 2:
-        return a
-    raise ValueError(
-        f"conv_to_rows expects N x C x H x W, N x T x D or N x D activations; got shape {tuple(a.shape)}"
-    )
+# one row per spatial position / token: the layout that gives the CCA family enough samples (n > p)
+conv_to_rows = to_rows
 
 
 def flatten(act: ArrayLike) -> ArrayLike:
@@ -293,6 +273,20 @@ def cka(X: ArrayLike, Y: ArrayLike, debiased: bool = False, *, method: str = "au
             )
         return _clamp(float(xy / torch.sqrt(xx * yy)), -1.0, 1.0)
     return _clamp(float(xy / torch.sqrt(xx * yy)), 0.0, 1.0)
+
+
+def linear_cka_torch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Differentiable linear CKA of two batches (flattened per sample), Gram form, as a tensor.
+
+    The autograd-friendly form of :func:`cka` (no validation, float32, no constant-column
+    handling) for training penalties and cheap tracking: TLM's CKA penalty and its history.
+    """
+    x = x.reshape(len(x), -1).float()
+    y = y.reshape(len(y), -1).float()
+    x = x - x.mean(0, keepdim=True)
+    y = y - y.mean(0, keepdim=True)
+    kx, ky = x @ x.T, y @ y.T
+    return (kx * ky).sum() / (kx.norm() * ky.norm() + 1e-12)
 
 
 # --------------------------------------------------------------------------------------

@@ -13,12 +13,7 @@ import torchmetrics
 from torch import nn
 
 from .data.base import ImageDataModule
-
-
-def task_loss(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> torch.Tensor:
-    if multilabel:
-        return nn.functional.binary_cross_entropy_with_logits(logits, y.float())
-    return nn.functional.cross_entropy(logits, y)
+from .losses import label_loss
 
 
 def accuracy_metric(num_classes: int, multilabel: bool, sync: bool = True) -> torchmetrics.Metric:
@@ -83,7 +78,7 @@ class DonorModule(pl.LightningModule):
     def _step(self, batch, metric: torchmetrics.Metric, stage: str):
         x, y = batch
         logits = self.model(x)
-        loss = task_loss(logits, y, self.multilabel)
+        loss = label_loss(logits, y, self.multilabel)
         metric(logits, y)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "train", on_step=False, on_epoch=True, sync_dist=True)
         self.log(f"{stage}/acc", metric, prog_bar=True, on_step=False, on_epoch=True)

@@ -1,7 +1,6 @@
 """CNN <-> ViT stitching: ConvToTokens / TokensToConv layers, DM exactness, TLM, and the CLI end to end."""
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -10,7 +9,9 @@ import torch
 from stitch import models
 from stitch.errors import ConfigError
 from stitch.matching import MatchingStatistics, direct, solve
-from stitch.stitching import StitchedNetwork, build_stitching_layer, to_rows
+from stitch.results import load_records
+from stitch.activations import to_rows
+from stitch.stitching import StitchedNetwork, build_stitching_layer
 from stitch.stitching.layers import ConvToTokens, TokensToConv
 
 from .conftest import SYNTH_OVERRIDES, run_script
@@ -67,7 +68,7 @@ def _check_dm_exact(layer, a, c_in, c_out, solver="direct"):
         rows_b.reshape(pa.shape[0], pa.shape[2], pa.shape[3], c_out).permute(0, 3, 1, 2)
     if solver == "direct":
         W, bias = direct(to_rows(pa), to_rows(b))
-    else:  # the streaming path of experiment.fit_direct, batch by batch
+    else:  # the streaming path of matching.fitting.fit_direct, batch by batch
         stats = MatchingStatistics()
         for i in range(0, len(a), 3):
             stats.update(to_rows(layer.prepare(a[i:i + 3])), to_rows(b[i:i + 3]), check_finite=False)
@@ -156,7 +157,7 @@ def test_cli_resnet18_vit_both_directions(tmp_path):  # ~30 s on one CPU core: n
     for name, args in runs.items():
         r = _cli(tmp_path / name, store, *args)
         assert r.returncode == 0, r.stderr[-3000:]
-        recs = [json.loads(p.read_text()) for p in sorted((tmp_path / name / "res" / "records").glob("*.json"))]
+        recs = load_records(tmp_path / name / "res", status=None)
         assert sorted(x["method"] for x in recs) == ["dm", "tlm"]
         for rec in recs:
             assert rec["status"] == "ok", rec.get("error")

@@ -126,8 +126,8 @@ def test_released_tiny10_loads_natively_and_matches_a_plain_reimplementation():
 
 
 def test_a_layer_and_its_alias_make_one_pair():
-    from stitch.experiment import layer_pairs
+    from stitch.study import layer_pairs
 
     net = models.build("tiny10", 10)
-    assert layer_pairs({"layer": ["relu3", "layer3", "bn3"], "target_layer": None}, net, net) == [
+    assert layer_pairs(["relu3", "layer3", "bn3"], None, net, net) == [
         ("relu3", "relu3"), ("bn3", "bn3")]

@@ -4,10 +4,11 @@ A bad configuration must be rejected before any work: no record, no donor traine
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+
+from stitch.results import load_records
 
 from .conftest import SYNTH_OVERRIDES, run_script
 
@@ -19,10 +20,6 @@ FAST = [*SYNTH_OVERRIDES, "similarity.samples=32", "similarity.indices=[cka]", "
 def _stitch(tmp_path: Path, store: Path, *args: str, multirun: bool = False):
     return run_script("stitch.py", *(["-m"] if multirun else []), f"store={store}", f"results_dir={tmp_path}/res",
                       f"hydra.run.dir={tmp_path}/out", f"hydra.sweep.dir={tmp_path}/multi", *FAST, *args)
-
-
-def _records(tmp_path: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((tmp_path / "res" / "records").glob("*.json"))]
 
 
 # (override, what the one-line message must start with: the key and the value given)
@@ -42,8 +39,12 @@ BAD = [
     ("ood=true", "ood=True"),
     ("+tlm.epoch=5", "tlm.epoch=5"),  # a misspelt key (Hydra itself rejects it without the +)
     ("layer=layer33", "layer='layer33'"),  # checked on untrained networks, before any donor is trained
-    ("model@model1=vit_tiny", "model1=vit_tiny"),
-    ("model1.seed=-3", "model1.seed=-3"),  # 224-px ViT on 32-px images: caught before training
+    ("model@model1=vit_tiny", "model1=vit_tiny"),  # 224-px ViT on 32-px images: caught before training
+    ("model1.seed=-3", "model1.seed=-3"),
+    ("+foo=1", "foo=1: unknown key"),  # a top-level key nobody reads would otherwise be silently ignored
+    ("tlm.rank=1000", "tlm.rank=1000: expected a positive integer <= 16"),  # checked against channel counts
+    ("similarity.mode=grid", "similarity.mode='grid'"),
+    ("step=fit", "step='fit'"),
 ]
 
 
@@ -70,18 +71,20 @@ def test_all_problems_reported_at_once_and_hydra_rejections_exit_2(tmp_path):
 def test_ok_study_exits_0_and_diverged_study_exits_1(tmp_path, donor_store):
     r = _stitch(tmp_path, donor_store, "layer=layer1")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert {(x["method"], x["status"]) for x in _records(tmp_path)} == {("tlm", "ok"), ("dm", "ok")}
+    recs = load_records(tmp_path / "res", status=None)
+    assert {(x["method"], x["status"]) for x in recs} == {("tlm", "ok"), ("dm", "ok")}
 
     r = _stitch(tmp_path, donor_store, "layer=layer1", "method=tlm", "tlm.lr=1e9")
     assert r.returncode == 1, r.stderr[-3000:]
-    (bad,) = [x for x in _records(tmp_path) if x["status"] != "ok"]
+    (bad,) = [x for x in load_records(tmp_path / "res", status=None) if x["status"] != "ok"]
     assert bad["status"] == "failed" and bad["error"].startswith("TrainingDiverged: TLM loss")
 
 
 def test_multirun_with_one_diverging_job_exits_1(tmp_path, donor_store):
     r = _stitch(tmp_path, donor_store, "tlm.lr=1e-3,1e9", "method=tlm", "layer=layer1", multirun=True)
     assert r.returncode == 1, r.stderr[-3000:]
-    assert sorted(x["status"] for x in _records(tmp_path)) == ["failed", "ok"]  # the good job still ran
+    recs = load_records(tmp_path / "res", status=None)
+    assert sorted(x["status"] for x in recs) == ["failed", "ok"]  # the good job still ran
 
 
 def test_joblib_multirun_reports_a_bad_job_at_the_end(tmp_path, donor_store):
@@ -91,7 +94,7 @@ def test_joblib_multirun_reports_a_bad_job_at_the_end(tmp_path, donor_store):
                 multirun=True)
     assert r.returncode == 2, r.stderr[-3000:]
     assert "layer33" in r.stderr
-    assert [x["status"] for x in _records(tmp_path)] == ["ok"]
+    assert [x["status"] for x in load_records(tmp_path / "res", status=None)] == ["ok"]
 
 
 def test_sweep_exit_codes(tmp_path, donor_store):

@@ -108,6 +108,25 @@ def _records(tmp: Path) -> dict[str, list[dict]]:
             out["p1_fig8"].append(rec(name, "layer4", kind, "paper2" if kind == "tlm" else "lasso", mcfg=mcfg,
                                       fit=fit, stitch_file=f"stitches/{name}.pt",
                                       metrics={"relative_acc": 0.95 - (0.1 if kind == "tlm" else 0.4) * j / 2}))
+    # linear mode connectivity: TLM from 3 seeds and least squares, and the LMC step's records
+    # (<results_dir>/lmc/*.json, written by stitch.py step=lmc) that the figure only reads
+    (tmp / "p1_lmc" / "lmc").mkdir(parents=True)
+    grid = [i / 10 for i in range(11)]
+    for L in ("layer2", "layer6"):
+        ends = [rec(f"lmc-tlm-{L}-{s}", L, "tlm", "paper1", seed=s, stitch_file=f"stitches/lmc-tlm-{L}-{s}.pt",
+                    metrics={"relative_acc": 0.95}) for s in range(3)]
+        ends.append(rec(f"lmc-dm-{L}", L, "dm", "least_squares", stitch_file=f"stitches/lmc-dm-{L}.pt",
+                        metrics={"relative_acc": 0.9}))
+        out["p1_lmc"] += ends
+        for k, (ptype, a, b, dip) in enumerate([("seeds", 0, 1, 0.6), ("seeds", 0, 2, 0.5), ("methods", 0, 3, 0.2),
+                                                ("methods", 1, 3, 0.25)]):
+            acc = [0.95 - dip * 4 * x * (1 - x) + 0.01 * rng.standard_normal() for x in grid]
+            lmc = {"lmc": f"{L}-{k}", "status": "ok", "pair_type": ptype, "run0": ends[a]["run"],
+                   "run1": ends[b]["run"], "method0": ends[a]["method"], "method1": ends[b]["method"],
+                   "variant0": ends[a]["variant"], "variant1": ends[b]["variant"], "layer": L, "target_layer": L,
+                   "model1": ends[a]["model1"], "lambdas": grid, "relative_acc": acc,
+                   "stitched_acc": [0.9 * v for v in acc], "cross_entropy": [1 - v for v in acc]}
+            (tmp / "p1_lmc" / "lmc" / f"{L}-{k}.json").write_text(json.dumps(lmc))
     # Paper 2: layer x layer matrices, intra and inter network, TLM and DM, with OOD AUROC
     layers = ["layer1", "layer3", "layer5", "layer7"]
     for m2 in (0, 1):
@@ -137,7 +156,7 @@ def figure_dirs(tmp_path_factory):
     return {name: dump(tmp / name, records) for name, records in _records(tmp).items() if records}
 
 
-@pytest.mark.parametrize("name", [n for n in FIGURES if n != "p1_lmc"])
+@pytest.mark.parametrize("name", list(FIGURES))
 def test_every_figure_draws_png_and_pdf(name, figure_dirs, tmp_path):
     c = collect([figure_dirs[name]])
     assert FIGURES[name].applies(c.runs), f"{name} does not recognise its own records"
@@ -236,7 +255,7 @@ def test_smoke_experiment_runs_and_draws(study, smoke_store, tmp_path):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from stitch.experiment import run_study
+    from stitch.study import run_study
 
     results = tmp_path / study
     for overrides in _jobs(study, smoke_store, results):
@@ -244,13 +263,20 @@ def test_smoke_experiment_runs_and_draws(study, smoke_store, tmp_path):
             cfg = compose("stitch", overrides=overrides)
         recs = run_study(OmegaConf.to_container(cfg, resolve=True))
         assert all(r["status"] == "ok" for r in recs), [r.get("error") for r in recs]
+    if study == "p1_lmc":  # the study's LMC step (stitch.py step=lmc) writes the records the figure draws
+        from stitch.study import run_lmc
+
+        step = [*_jobs(study, smoke_store, results)[0], "step=lmc", "lmc.min_relative_acc=0", "lmc.lambdas=3"]
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("stitch", overrides=step)
+        pairs = run_lmc(OmegaConf.to_container(cfg, resolve=True))
+        assert pairs and all(r["status"] == "ok" for r in pairs), [r.get("error") for r in pairs]
     c = collect([results])
     name = study
     if study != "p2_fig3":  # (runs on Tiny-10 here, see SHRINK)
         assert FIGURES[name].applies(c.runs), f"{name}: the smoke records do not have the figure's data"
     out = tmp_path / "fig"
     assert run_sweep({"inputs": [str(results)], "figures": [name], "out": str(out), "formats": ["png"],
-                      "store": str(smoke_store), "lmc": {"min_relative_acc": 0.0, "lambdas": 3},
                       "strict": study != "p2_fig3"}) == 0
     assert (out / f"{FIGURES[name].stem}.png").stat().st_size > 10_000
 

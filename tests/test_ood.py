@@ -1,8 +1,11 @@
 """Tests for stitch.ood: energy loss, OOD metrics, outliers, config checks, and the detector
-pipeline end to end (train -> cache -> reload -> score) on tiny synthetic data."""
+pipeline end to end (train -> store -> reload -> score, reuse through an OODCache) on tiny
+synthetic data."""
 from __future__ import annotations
 
+import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +14,10 @@ from stitch import data as data_lib
 from stitch import models, store
 from stitch.errors import ConfigError
 from stitch.features import FeatureSource
-from stitch.ood import detector as det_mod
-from stitch.ood import (detector_config, energy, energy_loss, energy_regularizer, get_detector, ood_metrics,
-                        ood_scores_metrics, sanity_check, stitch_energies)
+from stitch.ood import (ActivationDetector, OODCache, detector_config, energy, energy_loss, energy_regularizer,
+                        get_detector, ood_metrics, ood_scores_metrics, resolve_sanity_data, sanity_check, sanity_config,
+                        stitch_energies, train_detector)
+from stitch.ood import registry
 from stitch.ood.outliers import OutlierSampler, corrupt, noise_images, photo_crops, shuffle_patches
 from stitch.stitching import StitchedNetwork, build_stitching_layer
 
@@ -225,16 +229,16 @@ def test_outlier_sampler_matches_in_distribution_preprocessing():
 def test_bad_config_values_give_clear_errors(ood, match):
     with pytest.raises(ConfigError, match=match):
         detector_config(ood)
-        det_mod.sanity_config(ood)
+        sanity_config(ood)
 
 
 def test_default_config_is_valid_and_hash_is_stable():
     cfg = detector_config({"enabled": True})
     assert cfg == detector_config(None)
     key = store.DonorKey.make("digits", "tiny10", 0)
-    h1, _ = det_mod.detector_identity(cfg, key, "abc", "layer3", {"name": "digits", "batch_size": 64}, (3, 32, 32))
-    h2, _ = det_mod.detector_identity(cfg, key, "abc", "layer3", {"name": "digits", "batch_size": 256}, (3, 32, 32))
-    h3, _ = det_mod.detector_identity(cfg, key, "abd", "layer3", {"name": "digits"}, (3, 32, 32))
+    h1, _ = registry.detector_identity(cfg, key, "abc", "layer3", {"name": "digits", "batch_size": 64}, (3, 32, 32))
+    h2, _ = registry.detector_identity(cfg, key, "abc", "layer3", {"name": "digits", "batch_size": 256}, (3, 32, 32))
+    h3, _ = registry.detector_identity(cfg, key, "abd", "layer3", {"name": "digits"}, (3, 32, 32))
     assert h1 == h2  # batch size does not change the detector
     assert h1 != h3  # a retrained donor does
     r18 = detector_config({"detector": {"conv": {"arch": "resnet18", "options": None}}})
@@ -244,11 +248,11 @@ def test_default_config_is_valid_and_hash_is_stable():
 
 def test_token_detector_on_vit_shaped_activations():
     cfg = detector_config({"detector": {"tokens": {"depth": 1}}})
-    d = det_mod.ActivationDetector((17, 192), 10, cfg)
+    d = ActivationDetector((17, 192), 10, cfg)
     assert d.backbone.blocks[0].attn.num_heads == 3  # ViT-Ti: 192 / 64
     assert d(torch.randn(4, 17, 192)).shape == (4, 10)
     with pytest.raises(ConfigError, match="must divide"):
-        det_mod.ActivationDetector((5, 10), 10, detector_config({"detector": {"tokens": {"heads": 3}}}))
+        ActivationDetector((5, 10), 10, detector_config({"detector": {"tokens": {"heads": 3}}}))
 
 
 # ------------------------------------------------------------------ end to end
@@ -262,33 +266,45 @@ def tiny_setup(tmp_path_factory):
     net = models.build("tiny10", dm.num_classes, 3, width=1).eval()
     key = store.DonorKey.make("synthetic", "tiny10", 0)
     store.save(key, net, {"num_classes": 10, "in_channels": 3, "metrics": {"test_acc": 0.1}}, root)
-    det_mod.clear_memo()
     return dm, net, key, root
 
 
 def test_detector_trains_caches_reloads_and_scores(tiny_setup, monkeypatch):
     dm, net, key, root = tiny_setup
-    det, meta = get_detector(net, key, "layer3", dm, TINY, root, "cpu", data_cfg={"name": "synthetic"})
+    cache = OODCache()
+    data_cfg = {"name": "synthetic"}
+    det, meta = get_detector(net, key, "layer3", dm, TINY, root, "cpu", data_cfg=data_cfg, cache=cache)
     assert meta["trained_now"] is True
-    pt = det_mod.Path(meta["path"])
+    pt = Path(meta["path"])
     assert pt.is_file() and pt.with_suffix(".json").is_file()
-    assert pt.parent == key.directory(root) / "ood" and pt.name.startswith("relu3-")  # stored under the canonical name of layer3
+    # stored under the canonical name of layer3
+    assert pt.parent == key.directory(root) / "ood" and pt.name.startswith("relu3-")
     assert 0.0 <= meta["sanity_auroc"] <= 1.0 and meta["metrics"]["samples"] == 48
     assert "digits" in next(iter(meta["sanity"]))  # synthetic in-distribution: the digits are the OOD set
 
-    # reload from the store without retraining: training is forbidden from here on
+    # from here on training is forbidden and store reads are counted
     def no_training(*a, **k):
         raise AssertionError("retrained a cached detector")
 
-    monkeypatch.setattr(det_mod, "train_detector", no_training)
-    det_mod.clear_memo()
-    det2, meta2 = get_detector(net, key, "layer3", dm, TINY, root, "cpu", data_cfg={"name": "synthetic"})
-    assert meta2["trained_now"] is False and meta2["sanity_auroc"] == meta["sanity_auroc"]
+    loads = []
+    load = registry._load
+    monkeypatch.setattr(registry, "train_detector", no_training)
+    monkeypatch.setattr(registry, "_load", lambda *a: loads.append(a[0]) or load(*a))
+
+    # the same cache: the very same detector, without reading the store
+    det_again, meta_again = get_detector(net, key, "layer3", dm, TINY, root, "cpu", data_cfg=data_cfg, cache=cache)
+    assert det_again is det and meta_again["trained_now"] is False and meta_again["path"] == meta["path"]
+    assert loads == []
+    # a fresh cache, or none, shares nothing: the detector is read from the store (not retrained)
+    det2, meta2 = get_detector(net, key, "layer3", dm, TINY, root, "cpu", data_cfg=data_cfg, cache=OODCache())
+    assert det2 is not det and meta2["trained_now"] is False and meta2["sanity_auroc"] == meta["sanity_auroc"]
+    assert loads == [pt]
+    det3, meta3 = get_detector(net, key, "layer3", dm, TINY, root, "cpu", data_cfg=data_cfg)
+    assert det3 is not det2 and meta3["trained_now"] is False and loads == [pt, pt]
     h = net.forward_to(next(dm.batches("test", 16))[0], "layer3")
     with torch.no_grad():
         assert torch.allclose(det(h), det2(h), atol=1e-5)
-    # the same call again is served from the in-process memo
-    assert get_detector(net, key, "layer3", dm, TINY, root, "cpu", data_cfg={"name": "synthetic"})[0] is det2
+        assert torch.equal(det2(h), det3(h))
 
     # scoring a stitch: the self-stitch identity reproduces B exactly -> AUROC 0.5
     shape = net.layer_shapes(dm.input_shape)["layer3"]
@@ -296,19 +312,71 @@ def test_detector_trains_caches_reloads_and_scores(tiny_setup, monkeypatch):
     layer.set_identity()
     stitched = StitchedNetwork(net, net, "layer3", "layer3", layer)
     source = FeatureSource(net, net, "layer3", "layer3", dm, torch.device("cpu"))
-    cfg = {"ood": TINY, "store": str(root), "data": {"name": "synthetic"}}
-    m = ood_metrics(stitched, source, key, cfg, dm)
+    m = ood_metrics(stitched, source, key, TINY, data_cfg, str(root), dm, cache=cache)
     assert m["ood/auroc"] == pytest.approx(0.5, abs=1e-6)
     assert m["ood/energy_in_mean"] == pytest.approx(m["ood/energy_stitched_mean"], abs=1e-4)
     for k in ("ood/aupr", "ood/fpr95", "ood/detector_acc", "ood/sanity_auroc", "ood/samples"):
         assert m[k] is not None
+    assert m["ood/sanity_auroc"] == meta["sanity_auroc"] and m["ood/samples"] == 48
     # a badly scaled stitch is scored too (values in range; no claim on a barely trained detector)
     with torch.no_grad():
         layer.weight.mul_(25.0)
-    m2 = ood_metrics(stitched, source, key, cfg, dm)
+    m2 = ood_metrics(stitched, source, key, TINY, data_cfg, str(root), dm, cache=cache)
     assert 0.0 <= m2["ood/auroc"] <= 1.0 and m2["ood/energy_stitched_mean"] != m["ood/energy_stitched_mean"]
+    assert m2["ood/energy_in_mean"] == m["ood/energy_in_mean"]  # B is the same: the same energies
+    assert loads == [pt, pt]  # the study's cache served the detector to both runs
     e = stitch_energies(stitched, source, det2)
     assert len(e["in"]) == len(e["stitched"]) == 48
+    assert e["in"].mean().item() == pytest.approx(m["ood/energy_in_mean"], abs=1e-4)  # det2 is det, reloaded
+
+
+def test_in_distribution_energies_are_computed_once_per_cache(tiny_setup):
+    """B's energies depend on (detector, model 2, layer, split) only: one cache computes them once for all
+    stitches; another cache, or none, recomputes them."""
+    dm, net, key, root = tiny_setup
+    det, _ = get_detector(net, key, "layer3", dm, TINY, root, "cpu", data_cfg={"name": "synthetic"})
+    batch_sizes: list[int] = []  # one entry per detector forward call
+    det.register_forward_pre_hook(lambda module, args: batch_sizes.append(len(args[0])))
+    shape = net.layer_shapes(dm.input_shape)["layer3"]
+    identity, scaled = build_stitching_layer(shape, shape), build_stitching_layer(shape, shape)
+    identity.set_identity()
+    with torch.no_grad():
+        scaled.set_identity()
+        scaled.weight.mul_(25.0)
+    same = StitchedNetwork(net, net, "layer3", "layer3", identity)
+    other = StitchedNetwork(net, net, "layer3", "layer3", scaled)
+    source = FeatureSource(net, net, "layer3", "layer3", dm, torch.device("cpu"), batch_size=16)
+
+    def calls(fn):
+        batch_sizes.clear()
+        result = fn()
+        return result, len(batch_sizes)
+
+    cache = OODCache()
+    r1, n = calls(lambda: stitch_energies(same, source, det, cache=cache))
+    assert n == 6  # 48 test images in 3 batches: B and S(A) each
+    assert torch.allclose(r1["stitched"], r1["in"], atol=1e-5)  # identity stitch: S(A) = B
+    r2, n = calls(lambda: stitch_energies(other, source, det, cache=cache))
+    assert n == 3  # only S(A): B's energies come from the cache
+    assert r2["in"] is r1["in"] and r2["pred_in"] is r1["pred_in"]
+    assert not torch.allclose(r2["stitched"], r1["stitched"])  # ... while the stitched side is new
+    # another split, layer or model 2 is another entry in the same cache
+    r_train, n = calls(lambda: stitch_energies(same, source, det, "train", cache))
+    assert n == 2 * 6 and len(r_train["in"]) == 96  # 96 training images in 6 batches
+    layer4 = FeatureSource(net, net, "layer3", "layer4", dm, torch.device("cpu"), batch_size=16)  # shape of layer3
+    r_l4, n = calls(lambda: stitch_energies(same, layer4, det, cache=cache))
+    assert n == 6 and not torch.allclose(r_l4["in"], r1["in"])
+    twin = FeatureSource(net, copy.deepcopy(net), "layer3", "layer3", dm, torch.device("cpu"), batch_size=16)
+    r_twin, n = calls(lambda: stitch_energies(same, twin, det, cache=cache))
+    assert n == 6 and torch.allclose(r_twin["in"], r1["in"], atol=1e-6)
+    _, n = calls(lambda: stitch_energies(other, source, det, cache=cache))
+    assert n == 3  # the first entry is still there
+    # a different cache shares nothing with the first: recomputed, same values
+    r3, n = calls(lambda: stitch_energies(other, source, det, cache=OODCache()))
+    assert n == 6 and r3["in"] is not r1["in"] and torch.allclose(r3["in"], r1["in"], atol=1e-6)
+    # no cache: computed on every call
+    _, n = calls(lambda: (stitch_energies(other, source, det), stitch_energies(other, source, det)))
+    assert n == 12
 
 
 def test_changed_config_gets_its_own_detector(tiny_setup):
@@ -327,19 +395,19 @@ def test_sanity_check_function(tiny_setup):
     det, _ = get_detector(net, key, "layer3", dm, TINY, root, "cpu")
     r = sanity_check(det, net, "layer3", dm, {"name": "digits"}, samples=32)
     assert r["data"] == "digits" and 0.0 <= r["auroc"] <= 1.0 and r["samples_out"] == 32
-    assert det_mod.resolve_sanity_data("digits", {"data": "auto"}) == {"name": "synthetic"}
-    assert det_mod.resolve_sanity_data("digits", {"data": None}) is None
+    assert resolve_sanity_data("digits", {"data": "auto"}) == {"name": "synthetic"}
+    assert resolve_sanity_data("digits", {"data": None}) is None
 
 
 def test_multilabel_task_is_rejected(tiny_setup):
-    dm, net, key, root = tiny_setup
+    _, net, _, _ = tiny_setup
 
     class Multi:
         multilabel = True
         name = "celeba"
 
     with pytest.raises(ConfigError, match="single-label"):
-        det_mod.train_detector(net, "layer3", Multi(), detector_config(TINY))
+        train_detector(net, "layer3", Multi(), detector_config(TINY))
 
 
 # ----------------------------------------------------------------- through stitch.py
@@ -347,9 +415,8 @@ def test_multilabel_task_is_rejected(tiny_setup):
 def test_stitch_cli_with_ood_enabled(tmp_path, donor_store):
     """`stitch.py ood.enabled=true`: records get ood/* metrics, the detector is cached in the store
     and reused by the next study; DM's self-stitching diagonal is exactly in-distribution."""
-    import json
-
     from stitch import matrices
+    from stitch.results import load_records
 
     from .conftest import SYNTH_OVERRIDES, run_script
 
@@ -363,7 +430,7 @@ def test_stitch_cli_with_ood_enabled(tmp_path, donor_store):
 
     r = stitch("a", "layer=[layer6,layer8]", "target_layer=layer8", "method=dm")
     assert r.returncode == 0, r.stderr[-3000:]
-    recs = [json.loads(p.read_text()) for p in sorted((tmp_path / "a" / "records").glob("*.json"))]
+    recs = load_records(tmp_path / "a", status=None)
     assert len(recs) == 2 and all(x["status"] == "ok" for x in recs)
     diag = next(x for x in recs if x["layer"] == "relu8")["metrics"]  # layer8 is an alias of relu8
     assert diag["ood/auroc"] == pytest.approx(0.5, abs=1e-6) and diag["ood/sanity_auroc"] is not None

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from stitch import claims
+from stitch.results import load_records
 
 from .conftest import SYNTH_OVERRIDES
 
@@ -33,10 +34,6 @@ def _env(tmp: Path, **extra: str) -> dict:
     e.update({"WANDB_MODE": "disabled", "WANDB_DIR": str(tmp / "wandb_dir"), "WANDB_SILENT": "true",
               "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **extra})
     return e
-
-
-def _records(results: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((results / "records").glob("*.json"))]
 
 
 def _write_claim(path: Path, **holder) -> None:
@@ -118,11 +115,12 @@ def test_a_run_claimed_by_a_live_process_is_neither_ok_nor_failed(donor_store, t
     from omegaconf import OmegaConf
 
     from stitch.commands.stitch import study
-    from stitch.experiment import run_identity
+    from stitch.settings import study_settings
+    from stitch.study import run_identity
 
     cfg = _compose(tmp_path, donor_store, "method=dm", "layer=[relu7,relu8]")
     plain = OmegaConf.to_container(cfg, resolve=True)
-    slug, _ = run_identity(plain, "relu8", "relu8", "dm")
+    slug, _ = run_identity(study_settings(plain), "relu8", "relu8", "dm")
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         _write_claim(claims.claim_path(tmp_path / "res", slug), pid=sleeper.pid,
@@ -133,7 +131,7 @@ def test_a_run_claimed_by_a_live_process_is_neither_ok_nor_failed(donor_store, t
         sleeper.wait()
     out = capsys.readouterr().out
     assert re.search(rf"relu8 +dm +claimed .*claimed by {re.escape(socket.gethostname())}:{sleeper.pid}", out), out
-    recs = _records(tmp_path / "res")
+    recs = load_records(tmp_path / "res", status=None)
     assert [r["layer"] for r in recs] == ["relu7"] and recs[0]["status"] == "ok"
     assert recs[0]["pid"] == os.getpid() and recs[0]["warnings"] == []
 
@@ -155,7 +153,7 @@ def test_two_processes_share_one_study_and_do_each_run_once(donor_store, tmp_pat
                 p.kill()
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-4000:]
-    recs = _records(res)
+    recs = load_records(res, status=None)
     assert len(recs) == 8 and all(r["status"] == "ok" for r in recs)
     performed = [len(re.findall(r"\[\d/8\] layer=\S+ -> \S+ tlm  ok ", out)) for out in outs]
     assert sum(performed) == 8, (performed, [o[-3000:] for o in outs])  # each run performed once
@@ -198,7 +196,7 @@ def test_wandb_errors_become_warnings_in_the_record(donor_store, tmp_path, monke
     wandb = pytest.importorskip("wandb")
     from omegaconf import OmegaConf
 
-    from stitch.experiment import run_study
+    from stitch.study import run_study
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated W&B outage")
@@ -210,7 +208,7 @@ def test_wandb_errors_become_warnings_in_the_record(donor_store, tmp_path, monke
     (rec,) = run_study(cfg)
     assert rec["status"] == "ok"
     assert any("W&B init failed" in w and "simulated W&B outage" in w for w in rec["warnings"])
-    assert _records(tmp_path / "res")[0]["warnings"] == rec["warnings"]
+    assert load_records(tmp_path / "res", status=None)[0]["warnings"] == rec["warnings"]
 
 
 @pytest.mark.slow
@@ -228,7 +226,7 @@ def test_unreachable_wandb_falls_back_offline_and_progress_lines(donor_store, tm
     seconds = time.time() - t
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-4000:]
-    recs = _records(res)
+    recs = load_records(res, status=None)
     assert len(recs) == 2 and all(r["status"] == "ok" for r in recs)
     for r in recs:
         assert any("did not answer" in w and "offline" in w for w in r["warnings"]), r["warnings"]
@@ -310,7 +308,7 @@ def test_wheel_has_configs_and_commands_that_run_from_anywhere(donor_store, tmp_
     p = subprocess.run([str(script), f"store={donor_store}", "results_dir=res", *SYNTH_OVERRIDES, *FAST, "method=dm",
                         "layer=layer1"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    (rec,) = _records(elsewhere / "res")
+    (rec,) = load_records(elsewhere / "res", status=None)
     assert rec["status"] == "ok" and rec["layer"] == "relu1"
     assert (elsewhere / "outputs").is_dir()  # Hydra's run directory: relative to the working directory
     listing = subprocess.run([str(target / "bin" / "stitch-sweep"), "list=true"],

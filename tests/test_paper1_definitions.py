@@ -9,7 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from stitch.experiment import run_identity, run_study
+from stitch.settings import study_settings
+from stitch.study import run_identity, run_study
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 SYNTH = ["data=synthetic", "data.train_size=384", "data.test_size=192", "donor.train_missing=false",
@@ -51,9 +52,9 @@ def test_least_squares_on_the_test_split_is_a_separate_run(tmp_path, donor_store
 
 def test_default_split_leaves_earlier_run_identities_unchanged(tmp_path, donor_store):
     cfg = _cfg(tmp_path, donor_store, "layer=bn6")
-    with_key = run_identity(cfg, "bn6", "bn6", "dm")[0]
+    with_key = run_identity(study_settings(cfg), "bn6", "bn6", "dm")[0]
     del cfg["method"]["dm"]["split"]  # a config written before the option existed
-    assert run_identity(cfg, "bn6", "bn6", "dm")[0] == with_key
+    assert run_identity(study_settings(cfg), "bn6", "bn6", "dm")[0] == with_key
 
 
 def test_no_transformation_baseline_is_one_value_per_pair(tmp_path, donor_store):

@@ -11,6 +11,8 @@ from stitch import data as data_lib
 from stitch import matrices, models, probing
 from stitch.errors import ConfigError
 from stitch.fileio import write_json
+from stitch.results import load_records
+from stitch.sorting import natural_key
 
 
 # ------------------------------------------------------------- rank correlations
@@ -175,11 +177,18 @@ def test_pathology_flag_on_constructed_matrix():
         matrices.pathology_flags(d, None)
 
 
+def test_natural_key_orders_numbers_as_numbers():
+    names = ["layer10", "fc", "layer2", "layer1.1", "blocks.10", "layer1.0", "blocks.2", "layer1", "1x"]
+    assert sorted(names, key=natural_key) == ["1x", "blocks.2", "blocks.10", "fc", "layer1", "layer1.0", "layer1.1",
+                                              "layer2", "layer10"]
+    assert sorted([10, "2", 1.5], key=natural_key) == [1.5, "2", 10]  # any value, by its text; never int vs str
+
+
 def test_load_and_select_records(tmp_path):
     for i, r in enumerate(_records()[:4]):
         write_json(tmp_path / "records" / f"r{i}.json", r)
     write_json(tmp_path / "records" / "bad.json", {"status": "failed"})
-    recs = matrices.load_records(tmp_path)
+    recs = load_records(tmp_path)
     assert len(recs) == 4
     other = dict(recs[0], model2={"key": "digits/tiny10/seed1"})
     with pytest.raises(ValueError, match="several model pairs"):

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from stitch.results import read_record, record_files
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -44,9 +46,9 @@ def stitch(tmp: Path, store: Path, results: Path, *overrides: str, multirun=True
 
 def records(results: Path) -> dict[str, dict]:
     out = {}
-    for f in sorted(glob.glob(str(results / "records" / "*.json"))):
-        r = json.loads(Path(f).read_text())
-        out[f"{r['layer']}/{r['method']}/s{r['seed']}"] = {**r, "_mtime": os.stat(f).st_mtime_ns, "_path": f}
+    for f in record_files(results) if results.is_dir() else []:
+        r = read_record(f)
+        out[f"{r['layer']}/{r['method']}/s{r['seed']}"] = {**r, "_mtime": os.stat(f).st_mtime_ns, "_path": str(f)}
     return out
 
 
@@ -81,7 +83,7 @@ def test_failed_run_is_redone_on_resume(store, tmp_path):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from stitch.experiment import run_study
+    from stitch.study import run_study
 
     res = tmp_path / "res"
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -139,7 +141,7 @@ def test_joblib_launcher_two_parallel_jobs_one_gpu_each(store, tmp_path):
 
 def test_gpu_claims_are_exclusive(tmp_path):
     """The lock scheme itself: a second process cannot take a GPU the first one holds."""
-    code = ("import sys; from stitch.sweep.gpus import claim_gpu; print(claim_gpu(['0', '1'], sys.argv[1]), "
+    code = ("import sys; from stitch.gpu_jobs import claim_gpu; print(claim_gpu(['0', '1'], sys.argv[1]), "
             "flush=True); sys.stdin.read()")
     holders = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True) for _ in range(2)]

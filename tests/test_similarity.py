@@ -358,6 +358,20 @@ def test_cka_matches_references_in_both_forms(pair):
     assert sim.cka(Xw, Yw, method="feature") == pytest.approx(sim.cka(Xw, Yw, method="gram"), abs=1e-12)
 
 
+def test_differentiable_cka_equals_cka_and_has_gradients():
+    """linear_cka_torch (TLM's penalty and tracking) is the same index as cka, in float32 and with autograd."""
+    x = np.array([[1.0], [2.0], [3.0], [4.0]])
+    y = np.array([[1.0], [3.0], [2.0], [4.0]])
+    assert float(sim.linear_cka_torch(torch.tensor(x), torch.tensor(y))) == pytest.approx(0.64, abs=1e-6)
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(16, 4, 3, 3, generator=g, requires_grad=True)  # flattened per sample, as CKA on conv maps
+    b = torch.randn(16, 6, 3, 3, generator=g) + a.detach()[:, :1]
+    value = sim.linear_cka_torch(a, b)
+    assert float(value.detach()) == pytest.approx(sim.cka(sim.flatten(a), sim.flatten(b)), abs=1e-5)
+    value.backward()
+    assert a.grad is not None and bool(torch.isfinite(a.grad).all()) and float(a.grad.abs().sum()) > 0
+
+
 def test_debiased_cka_matches_song_estimator(pair):
     X, Y = pair
     X, Y = X[:40], Y[:40]
@@ -503,10 +517,24 @@ def test_conv_to_rows_and_flatten():
     assert torch.equal(sim.flatten(act)[1], act[1].reshape(-1))
     assert sim.flatten(act.numpy()).shape == (2, 60)
     for bad in (torch.zeros(3), torch.zeros(1, 2, 3, 4, 5)):
-        with pytest.raises(ValueError, match="conv_to_rows expects"):
+        with pytest.raises(ValueError, match="expects N x C x H x W, N x T x D or N x D"):
             sim.conv_to_rows(bad)
     with pytest.raises(ValueError, match="at least 2-D"):
         sim.flatten(np.zeros(4))
+
+
+def test_rows_round_trip():
+    """from_rows undoes to_rows for conv maps, tokens and plain rows, torch and numpy alike."""
+    from stitch.activations import from_rows, to_rows
+
+    for shape in ((2, 3, 4, 5), (2, 6, 4), (7, 3)):
+        act = torch.randn(*shape)
+        back = from_rows(to_rows(act), act)
+        assert torch.equal(back, act) and back.is_contiguous()
+        np.testing.assert_array_equal(from_rows(to_rows(act.numpy()), act.numpy()), act.numpy())
+    act = torch.randn(2, 3, 4, 5)
+    mapped = from_rows(to_rows(act) * 2, act)  # rows edited (e.g. a 1x1 map) come back in place
+    assert torch.equal(mapped, act * 2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,20 +1,15 @@
 """`stitch.py` end to end: records, skipping finished work, failures recorded, clear errors."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
+
+from stitch.results import load_records
 
 from .conftest import SYNTH_OVERRIDES, run_script
 
 pytestmark = pytest.mark.slow
 
 FAST = ["similarity.samples=64"]
-
-
-def _records(results: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((results / "records").glob("*.json"))]
 
 
 def _stitch(tmp_path, store, *args, multirun=False):
@@ -26,7 +21,7 @@ def _stitch(tmp_path, store, *args, multirun=False):
 def test_study_writes_records_skips_finished_runs_and_records_failures(tmp_path, donor_store):
     r = _stitch(tmp_path, donor_store, "layer=[layer2,layer6]")
     assert r.returncode == 0, r.stderr[-3000:]
-    recs = _records(tmp_path / "res")
+    recs = load_records(tmp_path / "res", status=None)
     assert sorted((x["layer"], x["method"]) for x in recs) == [("relu2", "dm"), ("relu2", "tlm"),
                                                                 ("relu6", "dm"), ("relu6", "tlm")]  # aliases resolved
     for rec in recs:
@@ -52,7 +47,7 @@ def test_study_writes_records_skips_finished_runs_and_records_failures(tmp_path,
     # a diverging TLM run is recorded as failed, the study goes on to the next run and exits 1
     r = _stitch(tmp_path, donor_store, "layer=[layer3,layer4]", "tlm.lr=1e38", "tlm.epochs=1")
     assert r.returncode == 1, r.stderr[-3000:]
-    new = [x for x in _records(tmp_path / "res") if x["layer"] in ("relu3", "relu4")]
+    new = [x for x in load_records(tmp_path / "res", status=None) if x["layer"] in ("relu3", "relu4")]
     assert {(x["layer"], x["method"], x["status"]) for x in new} == {
         ("relu3", "tlm", "failed"), ("relu3", "dm", "ok"), ("relu4", "tlm", "failed"), ("relu4", "dm", "ok")}
     assert all(x["error"] and x["traceback"] for x in new if x["status"] == "failed")
@@ -61,7 +56,7 @@ def test_study_writes_records_skips_finished_runs_and_records_failures(tmp_path,
 def test_multirun_over_all_layers_and_methods(tmp_path, donor_store):
     r = _stitch(tmp_path, donor_store, "layer=all", "method=tlm,dm", "tlm.epochs=1", multirun=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    recs = _records(tmp_path / "res")
+    recs = load_records(tmp_path / "res", status=None)
     assert sorted((x["layer"], x["method"]) for x in recs) == sorted(
         (f"relu{i}", m) for i in range(1, 9) for m in ("tlm", "dm"))  # layer=all: the post-ReLU points
     assert all(x["layer"] == x["target_layer"] for x in recs)
@@ -70,7 +65,7 @@ def test_multirun_over_all_layers_and_methods(tmp_path, donor_store):
 def test_full_matrix_with_target_layer_all(tmp_path, donor_store):
     r = _stitch(tmp_path, donor_store, "layer=[layer1,layer8]", "target_layer=all", "method=dm", "model2.seed=0")
     assert r.returncode == 0, r.stderr[-3000:]
-    recs = _records(tmp_path / "res")
+    recs = load_records(tmp_path / "res", status=None)
     assert len(recs) == 16 and all(x["self_stitch"] for x in recs)
     diag = [x for x in recs if x["layer"] == x["target_layer"]]
     assert all(x["metrics"]["relative_acc"] == pytest.approx(1.0) for x in diag)

@@ -11,9 +11,11 @@ import torch
 from stitch import data, models, store
 from stitch.errors import ConfigError
 from stitch.evaluation import evaluate
-from stitch.experiment import PairContext, fit_direct, fit_task_loss
+from stitch.matching.fitting import PairContext, fit_direct, fit_task_loss
+from stitch.settings import DMSettings, TLMSettings
 from stitch.features import ActivationCache, FeatureSource
-from stitch.stitching import ConvStitch, StitchedNetwork, TokenStitch, build_stitching_layer, to_rows
+from stitch.activations import to_rows
+from stitch.stitching import ConvStitch, StitchedNetwork, TokenStitch, build_stitching_layer
 
 from .conftest import SYNTH
 
@@ -41,7 +43,7 @@ def test_self_stitching_with_dm_is_exact(donor_store):
     m1, _ = _donors(donor_store)
     for layer in ("layer2", "layer6"):
         ctx, dm = _ctx(m1, m1, layer, layer)
-        net, info = fit_direct(ctx, {"kind": "dm", "solver": "ls"})
+        net, info = fit_direct(ctx, DMSettings(solver="ls"))
         assert info["rows"] == 384 * int(np.prod(m1.layer_shapes((3, 32, 32))[layer][1:]))  # every N*H*W row
         metrics = evaluate(net, ctx.source, multilabel=False)
         assert metrics["relative_acc"] == pytest.approx(1.0, abs=1e-12)
@@ -52,7 +54,7 @@ def test_self_stitching_with_dm_is_exact(donor_store):
 def test_least_squares_stitcher_matches_float64_reference(donor_store):
     m1, m2 = _donors(donor_store)
     ctx, dm = _ctx(m1, m2, "layer3", "layer5", cache=False)
-    net, _ = fit_direct(ctx, {"kind": "dm", "solver": "ls"})
+    net, _ = fit_direct(ctx, DMSettings(solver="ls"))
     A = torch.cat([to_rows(b.a) for b in ctx.source.batches("train")]).double().numpy()
     B = torch.cat([to_rows(b.b) for b in ctx.source.batches("train")]).double().numpy()
     ref, *_ = np.linalg.lstsq(np.c_[A, np.ones(len(A))], B, rcond=None)
@@ -69,7 +71,7 @@ def test_least_squares_stitcher_matches_float64_reference(donor_store):
 def test_dm_sample_size_option_limits_rows(donor_store):
     m1, m2 = _donors(donor_store)
     ctx, _ = _ctx(m1, m2, "layer3", "layer3")
-    _, info = fit_direct(ctx, {"kind": "dm", "solver": "ls", "samples": 100})
+    _, info = fit_direct(ctx, DMSettings(solver="ls", samples=100))
     assert info["rows"] == 100 * 16 * 16
 
 
@@ -77,7 +79,7 @@ def test_tlm_trains_only_the_stitching_layer_and_keeps_donors_frozen(donor_store
     m1, m2 = _donors(donor_store)
     before1, before2 = copy.deepcopy(m1.state_dict()), copy.deepcopy(m2.state_dict())
     ctx, _ = _ctx(m1, m2, "layer4", "layer4")
-    net, info = fit_task_loss(ctx, dict(TLM, augment=True, epochs=10), seed=0, multilabel=False)
+    net, info = fit_task_loss(ctx, TLMSettings(**{**TLM, "augment": True, "epochs": 10}), seed=0, multilabel=False)
     assert info["steps"] == 10 * 6
     trainable = [n for n, p in net.named_parameters() if p.requires_grad]
     assert trainable and all(n.startswith("stitch.") for n in trainable)
@@ -92,8 +94,8 @@ def test_tlm_trains_only_the_stitching_layer_and_keeps_donors_frozen(donor_store
 def test_tlm_from_dm_init_starts_at_the_dm_solution(donor_store):
     m1, m2 = _donors(donor_store)
     ctx, _ = _ctx(m1, m2, "layer3", "layer3")
-    dm_net, _ = fit_direct(ctx, {"kind": "dm", "solver": "ls"})
-    tlm_net, info = fit_task_loss(ctx, dict(TLM, init="dm", epochs=0), seed=0, multilabel=False)
+    dm_net, _ = fit_direct(ctx, DMSettings(solver="ls"))
+    tlm_net, info = fit_task_loss(ctx, TLMSettings(**{**TLM, "init": "dm", "epochs": 0}), seed=0, multilabel=False)
     assert info["steps"] == 0
     assert torch.allclose(tlm_net.stitch.matrix, dm_net.stitch.matrix)
 
@@ -140,7 +142,7 @@ def test_batch_comparison_rejects_a_cache_that_lost_images(donor_store, monkeypa
 def test_cpu_autocast_bf16_is_close_to_fp32(donor_store):
     m1, m2 = _donors(donor_store)
     ctx32, _ = _ctx(m1, m2, "layer3", "layer3", cache=False)
-    net, _ = fit_direct(ctx32, {"kind": "dm", "solver": "ls"})
+    net, _ = fit_direct(ctx32, DMSettings(solver="ls"))
     ref = evaluate(net, ctx32.source, multilabel=False)
     ctx16, _ = _ctx(m1, m2, "layer3", "layer3", cache=False)
     ctx16.source.precision = "bf16"
@@ -196,4 +198,4 @@ def test_nan_loss_raises_training_diverged(donor_store):
     with torch.no_grad():
         net.stitch.bias.fill_(float("nan"))
     with pytest.raises(TrainingDiverged, match="try a lower tlm.lr"):
-        train_task_loss(net, ctx.source, dict(TLM, epochs=1), multilabel=False)
+        train_task_loss(net, ctx.source, TLMSettings(**{**TLM, "epochs": 1}), multilabel=False)

@@ -4,14 +4,16 @@
     stitch-run -m layer=all method=tlm,dm seed=0,1,2
     stitch-run layer=layer3 target_layer=all method=dm      # one row of the layer x layer matrix
     stitch-run model@model2=resnet20 layer=layer4 target_layer=layer2.0
+    stitch-run +experiment=p1_lmc_smoke step=lmc            # after the study: W(lambda) between its saved layers
 """
 import logging
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from stitch import cli
-from stitch.settings import check_stitch
+from stitch.settings import study_settings
 
 log = logging.getLogger("stitch")
 
@@ -19,11 +21,12 @@ log = logging.getLogger("stitch")
 @hydra.main(config_path="../conf", config_name="stitch", version_base="1.3")
 @cli.job
 def study(cfg: DictConfig) -> int:
-    c = cli.to_dict(cfg)
-    check_stitch(c)  # run_study checks too; here a typo fails before the training stack loads (seconds)
-    from stitch.experiment import format_table, run_study
+    settings = study_settings(cli.to_dict(cfg))  # a typo fails here, before the training stack loads (seconds)
+    if settings.step == "lmc":
+        return lmc_step(settings)
+    from stitch.study import format_table, run_study
 
-    records = run_study(c)
+    records = run_study(settings)
     if cfg.print_table:
         print(format_table(records))
     # runs claimed by another live process are neither ok nor failed: they do not change the exit code
@@ -34,6 +37,27 @@ def study(cfg: DictConfig) -> int:
     if claimed:
         log.info("%d of %d runs are being done by other processes (claimed); rerun later to collect them",
                  claimed, len(records))
+    return failed
+
+
+def lmc_step(settings) -> int:
+    """``step=lmc``: linear mode connectivity of the saved stitching layers of the study's finished runs."""
+    from stitch.study import format_lmc_table, run_lmc
+
+    records = run_lmc(settings)
+    if not records:
+        print(f"error: no pairs of saved stitching layers in {settings.results_dir}: step=lmc needs the study's "
+              f"finished runs with save_stitch=true, two stitching seeds of a method or TLM and DM at a layer pair, "
+              f"both ends at relative accuracy >= lmc.min_relative_acc={settings.lmc.min_relative_acc} (run the "
+              f"study first, with the same overrides: python stitch.py -m +experiment=p1_lmc_<scale> ...)",
+              file=sys.stderr)
+        return 1
+    if settings.print_table:
+        print(format_lmc_table(records))
+    failed = sum(r["status"] == "failed" for r in records)
+    if failed:
+        log.warning("%d of %d LMC pairs failed; see their records in %s/lmc", failed, len(records),
+                    settings.results_dir)
     return failed
 
 

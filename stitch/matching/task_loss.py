@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
-from torch import nn
 
 from ..errors import StitchError
 from ..features import FeatureSource, autocast
+from ..losses import label_loss, soft_cross_entropy
+from ..similarity import linear_cka_torch
 from ..stitching import StitchedNetwork
+
+if TYPE_CHECKING:
+    from ..settings import TLMSettings
 
 
 class TrainingDiverged(StitchError):
@@ -36,37 +40,16 @@ class TrainingDiverged(StitchError):
 DIVERGED_FACTOR = 10.0
 
 
-def chance_loss(num_outputs: int, cfg: dict, multilabel: bool) -> float:
+def chance_loss(num_outputs: int, cfg: TLMSettings, multilabel: bool) -> float:
     """The task loss of a uniform guess: log C (BCE per attribute: log 2), x T^2 for the soft loss."""
-    t2 = cfg.get("temperature", 1.0) ** 2 if cfg.get("loss", "hard") == "soft" else 1.0
+    t2 = cfg.temperature ** 2 if cfg.loss == "soft" else 1.0
     return (math.log(2) if multilabel else math.log(num_outputs)) * t2
 
 
-def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor, temperature: float = 1.0,
-                       multilabel: bool = False) -> torch.Tensor:
-    t = temperature
-    if multilabel:
-        return nn.functional.binary_cross_entropy_with_logits(logits / t, torch.sigmoid(target_logits / t)) * t * t
-    p = torch.softmax(target_logits / t, dim=1)
-    return -(p * torch.log_softmax(logits / t, dim=1)).sum(1).mean() * t * t
-
-
-def linear_cka_torch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Differentiable linear CKA of two batches (flattened per sample), Gram form."""
-    x = x.reshape(len(x), -1).float()
-    y = y.reshape(len(y), -1).float()
-    x = x - x.mean(0, keepdim=True)
-    y = y - y.mean(0, keepdim=True)
-    kx, ky = x @ x.T, y @ y.T
-    return (kx * ky).sum() / (kx.norm() * ky.norm() + 1e-12)
-
-
-def task_loss(logits, y, z2, cfg: dict, multilabel: bool) -> torch.Tensor:
-    if cfg.get("loss", "hard") == "soft":
-        return soft_cross_entropy(logits.float(), z2.float(), cfg.get("temperature", 1.0), multilabel)
-    if multilabel:
-        return nn.functional.binary_cross_entropy_with_logits(logits.float(), y.float())
-    return nn.functional.cross_entropy(logits.float(), y)
+def task_loss(logits, y, z2, cfg: TLMSettings, multilabel: bool) -> torch.Tensor:
+    if cfg.loss == "soft":
+        return soft_cross_entropy(logits.float(), z2.float(), cfg.temperature, multilabel)
+    return label_loss(logits.float(), y, multilabel)
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
@@ -79,7 +62,7 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
     raise ValueError(f"unknown TLM lr schedule {schedule!r}; use constant, step or cosine")
 
 
-def train_task_loss(net: StitchedNetwork, source: FeatureSource, cfg: dict[str, Any], multilabel: bool,
+def train_task_loss(net: StitchedNetwork, source: FeatureSource, cfg: TLMSettings, multilabel: bool,
                     seed: int = 0, on_track: Callable[[int, StitchedNetwork], dict] | None = None,
                     on_epoch: Callable[[int, int, dict], None] | None = None) -> dict:
     """Train ``net.stitch`` in place; returns {"steps", "final_loss", "history", "seconds"}.
@@ -89,15 +72,15 @@ def train_task_loss(net: StitchedNetwork, source: FeatureSource, cfg: dict[str, 
     epoch, which the finiteness check below does anyway."""
     device = source.device
     params = [p for p in net.stitch.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.get("lr", 1e-3), weight_decay=cfg.get("weight_decay", 0.0))
-    epochs = int(cfg.get("epochs", 30))
-    bs = int(cfg.get("batch_size", 256))
-    augment = bool(cfg.get("augment", False))
-    need_target = cfg.get("loss", "hard") == "soft" or cfg.get("cka_penalty", 0.0) > 0
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    epochs = int(cfg.epochs)
+    bs = int(cfg.batch_size)
+    augment = bool(cfg.augment)
+    need_target = cfg.loss == "soft" or cfg.cka_penalty > 0
     total = epochs * source.num_batches("train", bs)
-    l1 = float(cfg.get("l1", 0.0))
-    cka_w = float(cfg.get("cka_penalty", 0.0))
-    track_every = int(cfg.get("track_every", 0) or 0)
+    l1 = float(cfg.l1)
+    cka_w = float(cfg.cka_penalty)
+    track_every = int(cfg.track_every or 0)
     history: list[dict] = []
     torch.manual_seed(seed)
     net.train()
@@ -110,7 +93,7 @@ def train_task_loss(net: StitchedNetwork, source: FeatureSource, cfg: dict[str, 
         for batch in source.batches("train", shuffle=True, augment=augment, seed=seed * 100003 + epoch,
                                     batch_size=bs, need_target=need_target):
             for group in opt.param_groups:
-                group["lr"] = cfg.get("lr", 1e-3) * lr_factor(cfg.get("schedule", "constant"), step, total)
+                group["lr"] = cfg.lr * lr_factor(cfg.schedule, step, total)
             with autocast(device, source.precision):
                 s = net.stitch(batch.a)
                 logits = net.head(s)

@@ -1,6 +1,5 @@
 """Stitching layers and the stitched network."""
-from .layers import ConvStitch, StitchingLayer, TokenStitch, build_stitching_layer, to_rows
+from .layers import ConvStitch, StitchingLayer, TokenStitch, build_stitching_layer
 from .network import StitchedNetwork, freeze
 
-__all__ = ["ConvStitch", "StitchedNetwork", "StitchingLayer", "TokenStitch", "build_stitching_layer", "freeze",
-           "to_rows"]
+__all__ = ["ConvStitch", "StitchedNetwork", "StitchingLayer", "TokenStitch", "build_stitching_layer", "freeze"]

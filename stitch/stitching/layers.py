@@ -12,7 +12,8 @@
   convolution;
 * any kind with ``rank=k``: a bottleneck W = W1 W2 of rank k (paper 1 Sec. 7).
 
-Every layer exposes its affine map as ``(W, b)`` with ``rows(A) @ W + b``, the
+Every layer exposes its affine map as ``(W, b)`` with ``rows(A) @ W + b`` (rows:
+:func:`stitch.activations.to_rows`), the
 convention of :mod:`stitch.matching`, so direct matching can set it and
 similarity code can read it.
 """
@@ -22,15 +23,6 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-
-
-def to_rows(h: torch.Tensor) -> torch.Tensor:
-    """N x C x H x W -> (N*H*W) x C; N x T x D -> (N*T) x D; N x D stays."""
-    if h.dim() == 4:
-        return h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])
-    if h.dim() == 3:
-        return h.reshape(-1, h.shape[2])
-    return h
 
 
 class StitchingLayer(nn.Module):
@@ -199,3 +191,9 @@ def build_stitching_layer(src_shape: tuple[int, ...], dst_shape: tuple[int, ...]
     kinds = {3: "convolutional (C, H, W)", 2: "token (T, D)"}
     raise ConfigError(f"incompatible layers: source activations are {kinds.get(len(src_shape), src_shape)} "
                       f"{tuple(src_shape)}, target {kinds.get(len(dst_shape), dst_shape)} {tuple(dst_shape)}")
+
+
+def stitch_matrix(state: dict) -> torch.Tensor:
+    """The C_in x C_out matrix W of a saved stitching layer's state dict (``save_stitch=true``):
+    ``weight``, or ``w1 @ w2`` for a rank-k layer; its bias is ``state["bias"]``."""
+    return state["weight"] if "weight" in state else state["w1"] @ state["w2"]

@@ -38,7 +38,7 @@ def _import(args) -> int:
     renames = [tuple(r.split("=", 1)) for r in args.rename]
     if any(len(r) != 2 for r in renames):
         raise ValueError("--rename must look like REGEX=REPLACEMENT")
-    from ..experiment import resolve_device
+    from ..hardware import resolve_device
 
     device = resolve_device(args.device)
     if args.name and len(args.files) > 1:

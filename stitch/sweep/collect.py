@@ -1,7 +1,7 @@
 """Read stitching records into pandas tables and aggregate them over seeds.
 
 A record is one JSON file per run, ``<results_dir>/records/<run>.json``, written by
-:func:`stitch.experiment.run_study`. :func:`collect` reads any mix of result
+:func:`stitch.study.run_study`. :func:`collect` reads any mix of result
 directories, record files and glob patterns into a :class:`Collection`:
 
 * ``runs``: one row per run, nested fields flattened to dotted columns
@@ -20,7 +20,6 @@ every numeric metric. Failed runs never enter a mean; they are counted
 from __future__ import annotations
 
 import copy
-import glob
 import hashlib
 import json
 import logging
@@ -31,6 +30,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from ..results import read_record, record_files
+from ..sorting import natural_key
 
 log = logging.getLogger(__name__)
 
@@ -58,32 +60,6 @@ class Collection:
     @property
     def failed(self) -> pd.DataFrame:
         return self.runs[self.runs["status"] != "ok"] if len(self.runs) else self.runs
-
-
-# ------------------------------------------------------------------------ files
-def record_files(inputs: Iterable[str | Path]) -> list[Path]:
-    """Record files of directories (``<dir>/records/*.json`` or ``<dir>/*.json``, searched
-    recursively so a parent of several studies works), single files and glob patterns."""
-    found: dict[Path, None] = {}
-    for item in inputs:
-        item = str(item)
-        paths = [Path(p) for p in sorted(glob.glob(item, recursive=True))] if glob.has_magic(item) else [Path(item)]
-        if not paths:
-            log.warning("no files match %s", item)
-        for p in paths:
-            if p.is_dir():
-                hits = sorted(p.rglob("records/*.json"))
-                if not hits:  # a directory of record files itself
-                    hits = sorted(p.glob("*.json"))
-                if not hits:
-                    log.warning("no records under %s", p)
-                for h in hits:
-                    found[h.resolve()] = None
-            elif p.is_file():
-                found[p.resolve()] = None
-            else:
-                log.warning("%s does not exist", p)
-    return list(found)
 
 
 # -------------------------------------------------------------------- flattening
@@ -173,9 +149,8 @@ def collect(inputs: Iterable[str | Path], seed_keys: Sequence[str] = DEFAULT_SEE
     rows, hist, bad = [], [], []
     for path in record_files(inputs):
         try:
-            with open(path) as f:
-                rec = json.load(f)
-            if not isinstance(rec, dict) or "run" not in rec:
+            rec = read_record(path)
+            if "run" not in rec:
                 raise ValueError("not a stitching record (no 'run' key)")
         except (OSError, ValueError) as e:
             log.warning("skipping unreadable record %s: %s", path, e)
@@ -261,13 +236,6 @@ def aggregate(runs: pd.DataFrame, seed_keys: Sequence[str] = DEFAULT_SEED_KEYS) 
     sort = [c for c in ("studies", "data", "model1.name", "method", "layer", "target_layer") if c in agg]
     return agg.sort_values(sort, key=lambda s: s.map(natural_key) if s.dtype == object else s,
                            kind="stable").reset_index(drop=True) if sort else agg
-
-
-def natural_key(s) -> tuple:
-    """'layer10' after 'layer2', 'layer1.1' after 'layer1.0': digit runs compare as numbers."""
-    import re
-
-    return tuple((0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", str(s)) if t)
 
 
 # ------------------------------------------------------------------------- export

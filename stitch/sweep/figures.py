@@ -30,7 +30,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 
-from .collect import natural_key  # noqa: E402
+from ..sorting import natural_key  # noqa: E402
+from .labels import method_label  # noqa: E402
+from .lmc import lmc_dirs, lmc_files, lmc_table  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +42,6 @@ STYLE = {
     "axes.grid": True, "grid.alpha": 0.3, "savefig.dpi": 200, "pdf.fonttype": 42,  # editable text in PDFs
 }
 TLM_COLOR, DM_COLOR = "#1f6fb4", "#e8710a"
-# (method, recipe) -> label; the recipe is the record's ``variant`` (conf/tlm/*.yaml, conf/dm/*.yaml)
-_METHOD_LABELS = {
-    ("tlm", None): "TLM", ("tlm", "paper1"): "TLM (paper 1 recipe)", ("tlm", "paper2"): "TLM (paper 2 recipe)",
-    ("dm", None): "DM", ("dm", "least_squares"): "DM (least squares)",
-    ("dm", "paper2"): "DM (least squares, 100 images)",
-    ("dm", "reduced_rank"): "DM (reduced rank)", ("dm", "lasso"): "DM (lasso)", ("dm", "procrustes"): "DM (Procrustes)",
-}
 _ARCH_LABELS = {"tiny10": "Tiny-10", "resnet20": "ResNet-20", "resnet18": "ResNet-18", "vit_tiny": "ViT-Ti",
                 "inception_v1": "Inception V1"}
 _DATA_LABELS = {"digits": "digits (sklearn)", "cifar10": "CIFAR-10", "svhn": "SVHN", "imagenet": "ImageNet",
@@ -64,7 +59,7 @@ class FigureContext:
     name: str = ""          # file stem, e.g. fig-p1-2
     title: str | None = None
     formats: tuple[str, ...] = ("png", "pdf")
-    options: dict = field(default_factory=dict)  # figure options from conf/sweep.yaml (lmc, store, device)
+    options: dict = field(default_factory=dict)  # figure options (none of the figures needs one today)
 
     @property
     def ok(self) -> pd.DataFrame:
@@ -99,14 +94,6 @@ def draw(name: str, ctx: FigureContext) -> list[Path]:
 # ------------------------------------------------------------------------ helpers
 def col(df: pd.DataFrame, name: str, default=None) -> pd.Series:
     return df[name] if name in df else pd.Series(default, index=df.index, dtype=object)
-
-
-def method_label(method: str, variant: str | None = None) -> str:
-    variant = None if variant is None or (isinstance(variant, float) and math.isnan(variant)) else str(variant)
-    if (method, variant) in _METHOD_LABELS:
-        return _METHOD_LABELS[(method, variant)]
-    base = _METHOD_LABELS.get((method, None), str(method))
-    return f"{base} ({variant})" if variant else base
 
 
 def _labels(df: pd.DataFrame) -> pd.Series:
@@ -562,7 +549,10 @@ def _load_stitch(path) -> dict | None:
 
 def stitch_matrix(state: dict):
     """The C_in x C_out stitching matrix of a saved stitching layer (full or low rank)."""
-    return state["weight"] if "weight" in state else state["w1"] @ state["w2"]
+    # torch and the stitching layers: imported when a figure needs them
+    from ..stitching.layers import stitch_matrix as matrix
+
+    return matrix(state)
 
 
 def fill_sparsity(df: pd.DataFrame) -> pd.DataFrame:
@@ -649,17 +639,21 @@ def p1_fig8(ctx: FigureContext) -> list[Path]:
 
 
 @register("p1_lmc", "fig-p1-lmc", "Paper 1 Sec. 8: linear mode connectivity of stitching layers",
-          lambda r: "stitch_path" in r and bool(r.loc[r["status"] == "ok", "stitch_path"].notna().sum() >= 2))
+          lambda r: bool(lmc_files(lmc_dirs(r[r["status"] == "ok"]))))
 def p1_lmc(ctx: FigureContext) -> list[Path]:
-    from .lmc import lmc_table
-
     cap = FIGURES["p1_lmc"].caption
-    opts = dict(ctx.options.get("lmc") or {})
-    table = lmc_table(ctx.ok, out=ctx.out, store=ctx.options.get("store"), device=ctx.options.get("device", "auto"),
-                      **opts)
+    dirs = lmc_dirs(ctx.ok)
+    table = lmc_table(dirs)
+    if len(table):  # pairs whose two runs are among the records read
+        runs = set(ctx.ok["run"])
+        table = table[table["run0"].isin(runs) & table["run1"].isin(runs)]
     if not len(table):
-        return empty(ctx, cap, "no pairs of saved stitching layers to interpolate (run with save_stitch=true, "
-                               "two seeds or TLM and DM; both ends must reach lmc.min_relative_acc)")
+        studies = sorted({str(s) for s in col(ctx.ok, "study").dropna()})
+        exp = next((s for s in studies if s.startswith("p1_lmc_")), "p1_lmc_<scale>")
+        where = ", ".join(str(d) for d in dirs) or "<results_dir>"
+        return empty(ctx, cap, f"no linear mode connectivity records ({where}/lmc/*.json): the study's LMC step "
+                               f"writes them after a save_stitch=true study: python stitch.py +experiment={exp} "
+                               f"step=lmc results_dir={dirs[0] if len(dirs) == 1 else '<results_dir>'}")
     layers = layer_order(table)
     rows, cols = _grid(len(layers), 4)
     fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 2.7 * rows + 0.7), squeeze=False, sharey=True,

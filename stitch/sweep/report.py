@@ -69,14 +69,13 @@ def run_sweep(cfg: dict) -> int:
         for r in failed.itertuples():
             print(f"  {r.run}: {str(getattr(r, 'error', ''))[:160]}")
     figures = _requested(cfg.get("figures", "auto"), runs)
-    ctx_opts = {"lmc": cfg.get("lmc") or {}, "store": cfg.get("store"), "device": cfg.get("device", "auto")}
     images: dict[str, list[Path]] = {}
     missing = []
     for name in figures:
         if not len(runs) or not _applies(FIGURES[name], runs):
             missing.append(name)
         ctx = FigureContext(runs, agg, coll.history, out, FIGURES[name].stem, cfg.get("title"),
-                            tuple(cfg.get("formats") or ("png", "pdf")), ctx_opts)
+                            tuple(cfg.get("formats") or ("png", "pdf")))
         images[name] = draw(name, ctx)
     print(f"tables: {', '.join(str(p) for p in written)}")
     for name, paths in images.items():

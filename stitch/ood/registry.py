@@ -1,0 +1,118 @@
+"""Finding, training and storing detectors in the model store.
+
+One detector per (model-2 donor, layer, detector config), stored next to the donor::
+
+    <store>/<data>/<model tag>/seed<seed>/ood/<layer>-<hash>.pt    # state dict (tensors only)
+    <store>/<data>/<model tag>/seed<seed>/ood/<layer>-<hash>.json  # config, metrics, sanity check
+
+The hash covers the detector config, the donor's checkpoint sha256 and the data
+settings, so retraining the donor or changing a setting never reuses a stale
+detector. The ``.pt`` file is read with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from .. import models, store
+from ..data.base import ImageDataModule
+from ..fileio import read_json, save_torch, sha256, write_json
+from ..hardware import hardware_name
+from ..version import code_version
+from .cache import OODCache
+from .networks import ActivationDetector
+from .sanity import ensure_sanity
+from .settings import DetectorConfig, detector_config, sanity_config
+from .training import train_detector
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when the checkpoint layout changes
+
+_DATA_NON_SEMANTIC = {"batch_size", "num_workers", "root", "download", "cache", "layout", "tlm_lr"}
+
+
+def detector_identity(cfg: DetectorConfig, key2: store.DonorKey, donor_sha256: str | None, layer: str,
+                      data_cfg: dict | None, input_shape: tuple[int, ...]) -> tuple[str, dict]:
+    """(hash, the dict it hashes): what makes two trained detectors interchangeable."""
+    data = {k: v for k, v in (data_cfg or {}).items() if k not in _DATA_NON_SEMANTIC}
+    ident = {"format": FORMAT, "detector": cfg.to_dict(), "donor": str(key2), "donor_sha256": donor_sha256,
+             "layer": layer, "data": data, "input_shape": list(input_shape)}
+    h = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return h, ident
+
+
+def detector_path(key2: store.DonorKey, layer: str, digest: str, root: str | Path | None = None) -> Path:
+    """``<store>/<donor dir>/ood/<layer>-<hash>.pt`` (the meta json sits next to it)."""
+    return key2.directory(root) / "ood" / f"{layer}-{digest}.pt"
+
+
+def _load(path: Path, meta: dict, device) -> ActivationDetector | None:
+    cfg = DetectorConfig.from_dict(meta["config"])
+    det = ActivationDetector(tuple(meta["act_shape"]), meta["num_classes"], cfg, tuple(meta["image_size"]))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        det.load_state_dict(state)
+    except Exception as e:  # truncated / foreign file: it is only a cache, so retrain
+        log.warning("OOD detector %s unreadable (%s: %s); retraining it", path, type(e).__name__,
+                    str(e).splitlines()[0][:200])
+        return None
+    return det.to(device).eval()
+
+
+def get_detector(model2: models.StitchableNetwork, key2: store.DonorKey, layer: str, dm: ImageDataModule,
+                 ood_cfg: dict | None, store_root: str | Path | None = None, device: torch.device | str = "cpu",
+                 data_cfg: dict | None = None, cache: OODCache | None = None,
+                 retrain: bool = False) -> tuple[ActivationDetector, dict]:
+    """The detector for (model 2, ``layer``): from ``cache``, the model store, or trained now.
+
+    A freshly trained detector is saved atomically (state dict, then the meta json,
+    whose presence marks a complete entry) together with its sanity check, and kept
+    in ``cache`` (None: nothing is reused, every call reads the store). Returns
+    (detector in eval mode on ``device``, meta dict with ``path``, ``trained_now``).
+    """
+    layer = model2.check_layer(layer)  # an alias (layer3) and its canonical name (relu3) share one detector
+    cfg = detector_config(ood_cfg)
+    sanity_spec = sanity_config(ood_cfg)
+    device = torch.device(device)
+    donor_sha = store.load_meta(key2, store_root).get("sha256") if store.exists(key2, store_root) else None
+    digest, ident = detector_identity(cfg, key2, donor_sha, layer, data_cfg, dm.input_shape)
+    path = detector_path(key2, layer, digest, store_root)
+    meta_path = path.with_suffix(".json")
+    det = None
+    cached = cache.detector(path, device) if cache is not None and not retrain else None
+    if cached is not None:
+        det, meta = cached
+        meta = {**meta, "trained_now": False}
+    elif not retrain and meta_path.is_file() and path.is_file():
+        meta = read_json(meta_path)
+        det = _load(path, meta, device)
+        if det is not None:
+            meta["trained_now"] = False
+            log.info("OOD detector for %s %s loaded from %s", key2, layer, path)
+    if det is None:
+        log.info("training the OOD detector for %s layer %s (%s)", key2, layer, path)
+        det, info = train_detector(model2, layer, dm, cfg, device)
+        meta = {"format": FORMAT, "identity": ident, "hash": digest, "config": cfg.to_dict(), "layer": layer,
+                "donor": str(key2), "donor_sha256": donor_sha, "act_shape": info["act_shape"],
+                "num_classes": dm.num_classes, "image_size": list(dm.input_shape[1:]), "data": dm.name,
+                "history": info["history"], "metrics": info["eval"],
+                "timings": {k: info[k] for k in ("classify_s", "energy_s", "train_s")},
+                "code_version": code_version(), "hardware": hardware_name(device)}
+        save_torch(path, {k: v.detach().cpu().clone() for k, v in det.state_dict().items()})
+        meta["sha256"] = sha256(path)
+        meta["trained_now"] = True
+        log.info("OOD detector %s %s: acc %.4f, held-out outlier AUROC %s, %.1f s", key2, layer,
+                 info["eval"]["acc"], f"{info['eval'].get('outlier_auroc', float('nan')):.4f}", info["train_s"])
+    meta["path"] = str(path)
+    # the sanity check is not part of the detector's identity: a new sanity setting adds a result
+    sanity = ensure_sanity(det, meta, model2, layer, dm, sanity_spec, device)
+    if meta.get("trained_now") or sanity.get("computed_now"):
+        write_json(meta_path, {k: v for k, v in meta.items() if k not in ("trained_now", "path")})
+    if cache is not None:
+        cache.keep_detector(path, device, det, meta)
+    return det, dict(meta)

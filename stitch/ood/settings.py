@@ -1,0 +1,194 @@
+"""The ``ood:`` config block: :class:`DetectorConfig` (what determines a trained detector) and
+the checks that reject unknown keys and out-of-range values with a :class:`~stitch.errors.ConfigError`
+naming the key."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .. import models
+from ..errors import ConfigError
+from .energy import DEFAULT_M_IN, DEFAULT_M_OUT, DEFAULT_WEIGHT
+from .outliers import BUILTIN_SOURCES
+
+# conv-detector options used when ood.detector.conv.options is null
+DEFAULT_CONV_OPTIONS: dict[str, dict[str, Any]] = {"resnet20": {"width": 0.5}}
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything that determines a trained detector (its cache identity).
+
+    Built from the ``ood:`` config block with :func:`detector_config`, which checks
+    every value and rejects unknown keys.
+    """
+
+    conv_arch: str = "resnet20"
+    conv_options: tuple[tuple[str, Any], ...] = (("width", 0.5),)
+    input_size: int | None = None          # None: the data's input size (32 for CIFAR/digits)
+    token_depth: int = 2
+    token_heads: int | None = None         # None: D // 64 when that divides D (ViT-Ti: 3), else 1
+    token_mlp_ratio: float = 4.0
+    batch_size: int = 128
+    epochs: int = 10                       # classification pre-training
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    augment: bool = True
+    train_limit: int | None = None         # cap on training images (None: the whole split)
+    seed: int = 0
+    energy_epochs: int = 6                 # Liu et al. energy fine-tuning
+    energy_lr: float = 2e-3
+    energy_weight: float = DEFAULT_WEIGHT
+    m_in: float = DEFAULT_M_IN
+    m_out: float = DEFAULT_M_OUT
+    outlier_sources: tuple[str, ...] = ("photos", "noise", "shuffle")
+    outlier_datasets: tuple[tuple[tuple[str, Any], ...], ...] = ()
+    grayscale: str = "auto"                # auto | true | false: grey outliers for grey data (digits)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["conv_options"] = dict(self.conv_options)
+        d["outlier_datasets"] = [dict(s) for s in self.outlier_datasets]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DetectorConfig:
+        d = dict(d)
+        d["conv_options"] = tuple(sorted(dict(d.get("conv_options") or {}).items()))
+        d["outlier_sources"] = tuple(d.get("outlier_sources") or ())
+        d["outlier_datasets"] = tuple(tuple(sorted(dict(s).items())) for s in d.get("outlier_datasets") or ())
+        return cls(**d)
+
+
+_OOD_KEYS = {"enabled", "split", "detector", "energy", "outliers", "sanity"}
+_DETECTOR_KEYS = {"conv", "tokens", "batch_size", "epochs", "lr", "weight_decay", "augment", "train_limit", "seed"}
+_CONV_KEYS = {"arch", "options", "input_size"}
+_TOKEN_KEYS = {"depth", "heads", "mlp_ratio"}
+_ENERGY_KEYS = {"epochs", "lr", "weight", "m_in", "m_out"}
+_OUTLIER_KEYS = {"sources", "datasets", "grayscale"}
+_SANITY_KEYS = {"data", "options", "samples"}
+
+
+def _check_keys(block: Any, valid: set[str], where: str) -> dict:
+    if block is None:
+        return {}
+    if not isinstance(block, dict):
+        raise ConfigError(f"{where} must be a mapping, got {block!r}")
+    bad = sorted(set(block) - valid)
+    if bad:
+        raise ConfigError(f"unknown key(s) {bad} in {where}; valid keys: {', '.join(sorted(valid))}")
+    return block
+
+
+def _int(v, where: str, lo: int, allow_none: bool = False) -> int | None:
+    if v is None and allow_none:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or int(v) < lo:
+        raise ConfigError(f"{where}={v!r}: expected an integer >= {lo}{' or null' if allow_none else ''}")
+    return int(v)
+
+
+def _float(v, where: str, positive: bool = False, nonneg: bool = False) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}={v!r}: expected a number") from None
+    if isinstance(v, bool) or not math.isfinite(f) or (positive and f <= 0) or (nonneg and f < 0):
+        cond = " > 0" if positive else (" >= 0" if nonneg else "")
+        raise ConfigError(f"{where}={v!r}: expected a finite number{cond}")
+    return f
+
+
+def detector_config(ood_cfg: dict | None) -> DetectorConfig:
+    """Validate the ``ood:`` block and return the detector's :class:`DetectorConfig`.
+
+    Raises :class:`~stitch.errors.ConfigError` naming the offending key for unknown
+    keys and out-of-range values.
+    """
+    o = _check_keys(ood_cfg or {}, _OOD_KEYS, "ood")
+    d = _check_keys(o.get("detector"), _DETECTOR_KEYS, "ood.detector")
+    conv = _check_keys(d.get("conv"), _CONV_KEYS, "ood.detector.conv")
+    tok = _check_keys(d.get("tokens"), _TOKEN_KEYS, "ood.detector.tokens")
+    e = _check_keys(o.get("energy"), _ENERGY_KEYS, "ood.energy")
+    out = _check_keys(o.get("outliers"), _OUTLIER_KEYS, "ood.outliers")
+    _check_keys(o.get("sanity"), _SANITY_KEYS, "ood.sanity")
+    base = DetectorConfig()
+
+    arch = conv.get("arch", base.conv_arch)
+    if arch not in models.list_models():
+        raise ConfigError(f"ood.detector.conv.arch={arch!r} is not a model; available: "
+                          f"{', '.join(models.list_models())}")
+    options = conv.get("options")
+    # null: the preset of the architecture (half-width ResNet-20 for speed), so arch=resnet18 needs no
+    # options override (Hydra merges dicts: options={} would not remove a preset key)
+    options = dict(DEFAULT_CONV_OPTIONS.get(arch, {}) if options is None else options)
+    valid_opts = models.options_of(arch)
+    bad = sorted(set(options) - set(valid_opts))
+    if bad:
+        raise ConfigError(f"ood.detector.conv.options {bad} are not options of {arch!r} (valid: "
+                          f"{sorted(valid_opts)})")
+    heads = tok.get("heads", "auto")
+    heads = None if heads in (None, "auto") else _int(heads, "ood.detector.tokens.heads", 1)
+    grayscale = out.get("grayscale", "auto")
+    if grayscale not in ("auto", True, False):
+        raise ConfigError(f"ood.outliers.grayscale={grayscale!r}: expected auto, true or false")
+    sources = out.get("sources", list(base.outlier_sources)) or []
+    if isinstance(sources, str):
+        sources = [sources]
+    bad = [s for s in sources if s not in BUILTIN_SOURCES]
+    if bad:
+        raise ConfigError(f"unknown ood.outliers.sources {bad}; valid: {', '.join(BUILTIN_SOURCES)} "
+                          f"(data sets such as svhn go in ood.outliers.datasets)")
+    datasets = out.get("datasets") or []
+    for spec in datasets:
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ConfigError(f"ood.outliers.datasets entries must be mappings with a name, e.g. "
+                              f"{{name: svhn, root: data/svhn}}; got {spec!r}")
+    if not sources and not datasets:
+        raise ConfigError("ood.outliers needs at least one source or data set for energy fine-tuning")
+    cfg = DetectorConfig(
+        conv_arch=arch, conv_options=tuple(sorted(options.items())),
+        input_size=_int(conv.get("input_size", base.input_size), "ood.detector.conv.input_size", 4, True),
+        token_depth=_int(tok.get("depth", base.token_depth), "ood.detector.tokens.depth", 1),
+        token_heads=heads,
+        token_mlp_ratio=_float(tok.get("mlp_ratio", base.token_mlp_ratio), "ood.detector.tokens.mlp_ratio", True),
+        batch_size=_int(d.get("batch_size", base.batch_size), "ood.detector.batch_size", 2),
+        epochs=_int(d.get("epochs", base.epochs), "ood.detector.epochs", 0),
+        lr=_float(d.get("lr", base.lr), "ood.detector.lr", positive=True),
+        weight_decay=_float(d.get("weight_decay", base.weight_decay), "ood.detector.weight_decay", nonneg=True),
+        augment=bool(d.get("augment", base.augment)),
+        train_limit=_int(d.get("train_limit", base.train_limit), "ood.detector.train_limit", 1, True),
+        seed=_int(d.get("seed", base.seed), "ood.detector.seed", 0),
+        energy_epochs=_int(e.get("epochs", base.energy_epochs), "ood.energy.epochs", 0),
+        energy_lr=_float(e.get("lr", base.energy_lr), "ood.energy.lr", positive=True),
+        energy_weight=_float(e.get("weight", base.energy_weight), "ood.energy.weight", nonneg=True),
+        m_in=_float(e.get("m_in", base.m_in), "ood.energy.m_in"),
+        m_out=_float(e.get("m_out", base.m_out), "ood.energy.m_out"),
+        outlier_sources=tuple(sources),
+        outlier_datasets=tuple(tuple(sorted(s.items())) for s in datasets),
+        grayscale=str(grayscale).lower() if isinstance(grayscale, bool) else grayscale,
+    )
+    if cfg.epochs + cfg.energy_epochs == 0:
+        raise ConfigError("ood.detector.epochs and ood.energy.epochs are both 0: the detector would be untrained")
+    if not cfg.m_in < cfg.m_out:
+        raise ConfigError(f"ood.energy.m_in ({cfg.m_in}) must be below ood.energy.m_out ({cfg.m_out}): "
+                          f"in-distribution energies are pushed low, outliers high")
+    split = o.get("split", "test")
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"ood.split={split!r}: expected one of train, val, test")
+    return cfg
+
+
+def sanity_config(ood_cfg: dict | None) -> dict:
+    """The ``ood.sanity`` block with defaults: ``{"data": "auto", "options": {}, "samples": 1000}``."""
+    s = _check_keys((ood_cfg or {}).get("sanity"), _SANITY_KEYS, "ood.sanity")
+    data = s.get("data", "auto")
+    if data is not None and not isinstance(data, str):
+        raise ConfigError(f"ood.sanity.data must be a data-set name, auto or null, got {data!r}")
+    options = s.get("options") or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"ood.sanity.options must be a mapping, got {options!r}")
+    return {"data": data, "options": dict(options),
+            "samples": _int(s.get("samples", 1000), "ood.sanity.samples", 2)}

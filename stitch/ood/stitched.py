@@ -1,0 +1,84 @@
+"""The OOD score of a stitched network (paper 2): the detector's energies on model 2's own
+layer-M activations B against those on the stitched ones S(A), for the same images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..features import FeatureSource, autocast
+from ..stitching import StitchedNetwork
+from .cache import OODCache
+from .energy import energy
+from .networks import ActivationDetector
+from .registry import get_detector
+from .scoring import energy_summary, ood_scores_metrics
+
+
+@torch.no_grad()
+def stitch_energies(net: StitchedNetwork, source: FeatureSource, detector: ActivationDetector, split: str = "test",
+                    cache: OODCache | None = None) -> dict[str, torch.Tensor]:
+    """Detector energies on model 2's own activations (``in``) and on the stitched ones (``stitched``).
+
+    Also the detector's predicted classes for both and the labels, all CPU tensors
+    over the same images (``source``'s ``split``, honouring its test limit). The
+    ``in`` side depends only on (detector, model 2, layer, split), not on the
+    stitch: with a ``cache`` it is computed once and reused for every source layer.
+    """
+    net.eval()
+    detector.eval()
+    device = source.device
+    cached = cache.energies_in(detector, source, split) if cache is not None else None
+    e_in, p_in, e_out, p_out, ys = [], [], [], [], []
+    for batch in source.batches(split):
+        with autocast(device, source.precision):
+            s = net.stitch(batch.a)
+        logits_out = detector(s.float())
+        e_out.append(energy(logits_out).cpu())
+        p_out.append(logits_out.argmax(1).cpu())
+        ys.append(batch.y.cpu())
+        if cached is None:
+            logits_in = detector(batch.b.float())
+            e_in.append(energy(logits_in).cpu())
+            p_in.append(logits_in.argmax(1).cpu())
+    if cached is None:
+        cached = (torch.cat(e_in), torch.cat(p_in))
+        if cache is not None:
+            cache.keep_energies_in(detector, source, split, *cached)
+    return {"in": cached[0], "pred_in": cached[1], "stitched": torch.cat(e_out), "pred_stitched": torch.cat(p_out),
+            "y": torch.cat(ys)}
+
+
+def ood_metrics(net: StitchedNetwork, source: FeatureSource, key2, ood_cfg: dict | None, data_cfg: dict | None,
+                store_root: str | Path | None, dm, cache: OODCache | None = None) -> dict[str, float | None]:
+    """Paper 2's OOD score of one stitched network, for its result record.
+
+    ``ood_cfg`` is the study's ``ood:`` block, ``data_cfg`` its ``data:`` block (part
+    of the detector's identity), ``store_root`` the model store, ``key2`` model 2's
+    :class:`~stitch.store.DonorKey` and ``dm`` the study's data module. The detector
+    for (model 2, target layer) is taken from ``cache``, loaded from the model store
+    or trained there once. Keys:
+
+    * ``ood/auroc``, ``ood/aupr``, ``ood/fpr95``: in-distribution (model 2's own
+      activations) positive, score = -energy;
+    * ``ood/energy_in_*``, ``ood/energy_stitched_*``: mean, std, 5/50/95% quantiles;
+    * ``ood/detector_acc``: the detector's label accuracy on model 2's activations,
+      ``ood/detector_acc_stitched`` on the stitched ones;
+    * ``ood/sanity_auroc``: the detector's AUROC for a genuinely different data set
+      (see :func:`~stitch.ood.sanity.sanity_check`), ``ood/outlier_auroc`` for
+      held-out auxiliary outliers.
+    """
+    ood_cfg = ood_cfg or {}
+    detector, meta = get_detector(net.back, key2, net.target_layer, dm, ood_cfg, store_root, source.device,
+                                  data_cfg=data_cfg, cache=cache)
+    r = stitch_energies(net, source, detector, ood_cfg.get("split", "test"), cache)
+    m = ood_scores_metrics(-r["in"], -r["stitched"])
+    out: dict[str, float | None] = {f"ood/{k}": v for k, v in m.items()}
+    for name, e in (("energy_in", r["in"]), ("energy_stitched", r["stitched"])):
+        out.update({f"ood/{k}": v for k, v in energy_summary(e, name).items()})
+    out["ood/detector_acc"] = float((r["pred_in"] == r["y"]).float().mean())
+    out["ood/detector_acc_stitched"] = float((r["pred_stitched"] == r["y"]).float().mean())
+    out["ood/sanity_auroc"] = meta.get("sanity_auroc")
+    out["ood/outlier_auroc"] = (meta.get("metrics") or {}).get("outlier_auroc")
+    out["ood/samples"] = len(r["y"])
+    return out

@@ -1,0 +1,66 @@
+"""Reading result records: one JSON file per run, ``<results_dir>/records/<run>.json``.
+
+The records are written by the study (atomically, so a reader never sees half a file). This is
+the one place that finds and reads them: :mod:`stitch.matrices`, the sweep's tables
+(:mod:`stitch.sweep.collect`) and the tests all read records through it.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from .fileio import read_json
+
+log = logging.getLogger(__name__)
+
+
+def record_files(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Record files of directories (``<dir>/records/*.json`` or ``<dir>/*.json``, searched
+    recursively so a parent of several studies works), single files and glob patterns."""
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    found: dict[Path, None] = {}
+    for item in inputs:
+        item = str(item)
+        paths = [Path(p) for p in sorted(glob.glob(item, recursive=True))] if glob.has_magic(item) else [Path(item)]
+        if not paths:
+            log.warning("no files match %s", item)
+        for p in paths:
+            if p.is_dir():
+                hits = sorted(p.rglob("records/*.json"))
+                if not hits:  # a directory of record files itself
+                    hits = sorted(p.glob("*.json"))
+                if not hits:
+                    log.warning("no records under %s", p)
+                for h in hits:
+                    found[h.resolve()] = None
+            elif p.is_file():
+                found[p.resolve()] = None
+            else:
+                log.warning("%s does not exist", p)
+    return list(found)
+
+
+def read_record(path: str | Path) -> dict:
+    """One record file; ``OSError``/``ValueError`` when it cannot be read or is not a JSON object."""
+    rec = read_json(path)
+    if not isinstance(rec, dict):  # bad file content: a ValueError, like invalid JSON
+        raise ValueError(f"not a record (a JSON {type(rec).__name__}, not an object)")  # noqa: TRY004
+    return rec
+
+
+def load_records(inputs: str | Path | Iterable[str | Path], status: str | None = "ok") -> list[dict]:
+    """Every record of ``inputs`` (as :func:`record_files`) whose ``status`` is ``status`` (``None``: all),
+    in file order; unreadable files are skipped with a warning."""
+    out = []
+    for p in record_files(inputs):
+        try:
+            rec = read_record(p)
+        except (OSError, ValueError) as e:
+            log.warning("skipping unreadable record %s: %s", p, e)
+            continue
+        if status is None or rec.get("status") == status:
+            out.append(rec)
+    return out

@@ -1,0 +1,199 @@
+"""The study assembly: everything the runs of one study share, built once from its settings.
+
+``Study.assemble(settings)`` checks the layer names on untrained networks, then builds the
+device and precision, the data module, the two donors (one network when model 1 is model 2:
+self-stitching), the layer pairs, the frozen donors' fast path (BatchNorm folded, channels-last)
+the activation cache and, with ``ood.enabled``, the OOD detectors' cache. ``study.pairs()`` yields one :class:`~stitch.matching.fitting.PairContext`
+per layer pair, which is all a method needs to fit and evaluate a stitching layer. The runner
+(``stitch/study/runner.py``), the LMC step (``stitch/study/lmc.py``) and ``bench/`` build their
+networks through it, so donors, caches and the self-stitch dedupe are wired in one place.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+from .. import store
+from ..data import from_config as datamodule_from_config
+from ..data.base import ImageDataModule
+from ..errors import CheckpointError, ConfigError
+from ..features import ActivationCache, FeatureSource, resolve_cache_dtype, resolve_precision
+from ..hardware import resolve_device
+from ..matching.fitting import PairContext
+from ..models import StitchableNetwork
+from ..settings import CacheSettings, DataSpec, DonorSettings, ModelSpec, StudySettings, check_layers
+from ..stitching import build_stitching_layer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Donor:
+    """A frozen network from the model store, with its store key and metadata (sha256, accuracy)."""
+    net: StitchableNetwork
+    meta: dict
+    key: store.DonorKey
+
+    def summary(self) -> dict:
+        """What a record keeps of the donor: which file it was, and how good it is."""
+        return {"key": str(self.key), "sha256": self.meta.get("sha256"),
+                "test_acc": (self.meta.get("metrics") or {}).get("test_acc")}
+
+
+def donor_key(spec: ModelSpec, data: DataSpec) -> store.DonorKey:
+    return store.DonorKey.make(data.name, spec.name, spec.seed, dict(spec.options or {}))
+
+
+def load_donor(spec: ModelSpec, which: str, data: DataSpec, donor: DonorSettings, store_root: str,
+               device: torch.device, num_classes: int | None = None) -> Donor:
+    """Model ``which`` from the store: imported from ``spec.weights`` or trained on demand when missing.
+
+    ``num_classes``: the data's class count, checked against the donor's."""
+    key = donor_key(spec, data)
+    if spec.weights:  # a local state-dict file: imported once (a different file under that name: an error)
+        from ..store.importing import import_checkpoint
+
+        import_checkpoint(spec.weights, data_cfg=data.as_dict(), model_cfg=spec.as_dict(), name=str(spec.seed),
+                          store_root=store_root, device=device)
+    elif not store.exists(key, store_root):
+        where = store.store_root(store_root).resolve()
+        if key.imported:
+            raise CheckpointError(f"no donor {key} for {which} in the model store {where}; import it with:\n  "
+                                  f"{key.train_command(store_root)}\n(or pass {which}.weights=<file>)")
+        if not donor.train_missing:
+            raise CheckpointError(f"no trained donor {key} for {which} in the model store {where}; train it with:\n"
+                                  f"  {key.train_command(store_root)}\n(or run with donor.train_missing=true)")
+        from ..donors import train_donor  # Lightning: imported only when a donor is trained
+
+        log.info("donor %s missing: training it now (donor.train_missing=true)", key)
+        train_donor(data.as_dict(), spec.as_dict(), donor.optim, donor.trainer, donor.epochs, spec.seed, store_root,
+                    logger_cfg=None)
+    net, meta = store.load(key, store_root, device)
+    if num_classes is not None and meta.get("num_classes") not in (None, num_classes):
+        raise ConfigError(f"donor {key} ({which}) has {meta['num_classes']} classes but {data.name} has "
+                          f"{num_classes}: a stitched network would be scored against the wrong labels")
+    normalize = data.get("normalize")
+    if bool(meta.get("normalize", True)) != bool(normalize):
+        raise ConfigError(f"donor {key} was trained with data.normalize={meta.get('normalize')} but this run uses "
+                          f"data.normalize={normalize}; use the same preprocessing")
+    return Donor(net, meta, key)
+
+
+def layer_pairs(layer, target_layer, m1: StitchableNetwork, m2: StitchableNetwork) -> list[tuple[str, str]]:
+    """Expand ``layer``/``target_layer`` into canonical (L, M) pairs.
+
+    Each is ``all`` (the family's default group, e.g. block outputs), ``every``, a group name
+    (Tiny-10 ``bn``: every pre-activation point), a layer name or alias, or a list of these;
+    ``target_layer=None`` pairs each source layer with itself.
+    """
+    as_list = lambda v: v if v is None or isinstance(v, str) else [str(x) for x in v]  # noqa: E731
+    sources = list(dict.fromkeys(m1.select_layers(as_list(layer))))  # relu3 and its alias layer3 are one layer
+    if target_layer is None:
+        for L in sources:
+            if L not in m2.layers:
+                raise ConfigError(f"target_layer is unset, so the target is the source layer {L!r}, which model 2 "
+                                  f"({m2.family}) does not have; pass target_layer=<name> or target_layer=all. "
+                                  f"Model 2 layers: {', '.join(m2.layers)}")
+        return [(L, L) for L in sources]
+    targets = list(dict.fromkeys(m2.select_layers(as_list(target_layer))))
+    return [(L, M) for L in sources for M in targets]
+
+
+def cache_budget_bytes(cache: CacheSettings, device: torch.device) -> int:
+    budget = cache.budget_gb
+    if budget == "auto":
+        # CPU: a third of the RAM (paper 1's Tiny-10 at bn1 needs 5.8 GB for A and B: streaming it costs 4x)
+        budget = (0.5 * torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda"
+                  else max(4.0, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 3 / 2**30))
+    return int(float(budget) * 2**30)
+
+
+@dataclass
+class Study:
+    """What the runs of one study share (see the module docstring)."""
+    settings: StudySettings
+    device: torch.device
+    precision: str
+    data: ImageDataModule
+    model1: Donor
+    model2: Donor
+    layer_pairs: list[tuple[str, str]]
+    cache: ActivationCache | None
+    cache_dtype: torch.dtype
+    load_s: float = 0.0
+    ood_cache: Any = None  # stitch.ood.OODCache (ood.enabled): detectors and in-distribution energies of the study
+
+    @classmethod
+    def assemble(cls, s: StudySettings, *, pairs: list[tuple[str, str]] | None = None,
+                 fast_path: bool = True) -> "Study":
+        """Build the study; ``pairs`` replaces the layer selection (e.g. the pairs of finished records).
+
+        ``fast_path=False`` keeps the donors' modules as stored (no BatchNorm folding, no channels-last),
+        whatever the settings say."""
+        t0 = time.time()
+        data = datamodule_from_config(s.data.as_dict(), augment=True)  # constructing it reads no data
+        size = getattr(data, "image_size", 32)  # in-memory sets are 32 px unless they say otherwise
+        if pairs is None:  # layer typos fail here, before any data is read or donor trained
+            check_layers(s, data.num_classes, getattr(data, "input_shape", None) or (3, size, size))
+        device = resolve_device(s.device)
+        precision = resolve_precision(str(s.precision), device)
+        data.setup()
+        d1 = load_donor(s.model1, "model1", s.data, s.donor, s.store, device, data.num_classes)
+        if donor_key(s.model2, s.data) == d1.key:
+            d2 = d1  # self-stitching: one network
+        else:
+            d2 = load_donor(s.model2, "model2", s.data, s.donor, s.store, device, data.num_classes)
+        if pairs is None:
+            pairs = layer_pairs(s.layer, s.target_layer, d1.net, d2.net)
+        for L, M in pairs:  # incompatible layers are a configuration error: reject before running anything
+            build_stitching_layer(d1.net.layer_shapes(data.input_shape)[L], d2.net.layer_shapes(data.input_shape)[M])
+        if fast_path:
+            _fast_path(s, d1, d2, pairs)
+        cache = ActivationCache(cache_budget_bytes(s.cache, device)) if s.cache.enabled else None
+        ood_cache = None
+        if s.ood.enabled:
+            from ..ood import OODCache
+
+            ood_cache = OODCache()
+        return cls(s, device, precision, data, d1, d2, list(pairs), cache, resolve_cache_dtype(s.cache.dtype, device),
+                   load_s=time.time() - t0, ood_cache=ood_cache)
+
+    @property
+    def self_stitch(self) -> bool:
+        return self.model1.key == self.model2.key
+
+    def pair(self, L: str, M: str) -> PairContext:
+        s = self.settings
+        source = FeatureSource(self.model1.net, self.model2.net, L, M, self.data, self.device, self.precision,
+                               self.cache, self.cache_dtype, batch_size=s.batch_size,
+                               limits={"train": s.train_limit, "test": s.test_limit})
+        return PairContext(self.model1.net, self.model2.net, L, M, source, self.data.input_shape)
+
+    def pairs(self) -> Iterator[PairContext]:
+        """One context per layer pair, in order; cached activations are dropped when no later pair needs them."""
+        for L, M in self.layer_pairs:
+            yield self.pair(L, M)
+            if self.cache is not None and len(self.layer_pairs) > 1 and self.settings.target_layer is None:
+                self.cache.clear()  # layer=all without a matrix: activations of this pair are not needed again
+
+
+def _fast_path(s: StudySettings, d1: Donor, d2: Donor, pairs: list[tuple[str, str]]) -> None:
+    """The frozen donors' fast path, in place: BatchNorm folded into the convs, channels-last."""
+    if s.fold_batchnorm:  # float32-equal, faster
+        from ..models.fold import fold_batchnorm
+
+        if d2 is d1:
+            d1.net = fold_batchnorm(d1.net, {L for L, _ in pairs} | {M for _, M in pairs})
+        else:
+            d1.net = fold_batchnorm(d1.net, {L for L, _ in pairs})
+            d2.net = fold_batchnorm(d2.net, {M for _, M in pairs})
+    if s.channels_last:  # NHWC convolutions: faster on CPUs (oneDNN) and GPUs with AMP
+        from ..models.fold import to_channels_last
+
+        for d in {id(d1): d1, id(d2): d2}.values():
+            to_channels_last(d.net)
