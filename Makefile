@@ -37,7 +37,7 @@ clean:  ## remove results, logs and trained models (keeps .venv)
 # it with sweep.py into $(FIGURES)/<target>/$(SCALE)/ (PNG, PDF, CSV and Parquet tables).
 #   make fig-p1-2                    # smoke scale: digits, Tiny-10 / ResNet-20, minutes on a CPU
 #   make fig-p1-2 SCALE=paper        # the published setting (CIFAR-10 etc.), for GPUs
-#   make fig-p1-2 SCALE=released     # paper 1's released networks + real CIFAR-10 on a CPU (figs 2, 4, 6, 7, 8;
+#   make fig-p1-2 SCALE=released     # paper 1's released networks + real CIFAR-10 on a CPU (figs 2, 4, 6, 7, 8, LMC;
 #                                    # needs ../shared/data, see docs/reproduction.md; skipped without it)
 #   make fig-p2-2 SCALE=paper LAUNCHER=joblib ARGS="hydra.launcher.n_jobs=4"   # 4 GPUs, one job each
 # ARGS: extra stitch.py overrides; SWEEP_ARGS: extra sweep.py overrides; LAUNCHER: a conf/hydra/launcher
@@ -78,7 +78,7 @@ endef
 # a scale without a config for this figure is an error (exit 2), missing shared data a skip (exit 0)
 NO_CONFIG = $(if $(wildcard stitch/conf/experiment/$(1)_$(SCALE).yaml),,1)
 figure = $(if $(call NO_CONFIG,$(1)),@echo "$(3): no SCALE=$(SCALE) config (stitch/conf/experiment/$(1)_$(SCALE).yaml); \
-	SCALE=released covers fig-p1-2 fig-p1-4 fig-p1-6 fig-p1-7 fig-p1-8" >&2; exit 2,$(if $(SKIP),@echo "$(3): $(SKIP_MESSAGE)",$(figure_run)))
+	SCALE=released covers fig-p1-2 fig-p1-4 fig-p1-6 fig-p1-7 fig-p1-8 fig-p1-lmc" >&2; exit 2,$(if $(SKIP),@echo "$(3): $(SKIP_MESSAGE)",$(figure_run)))
 
 released-donors: $(STAMP)  ## import paper 1's released networks (shared data) into $(STORE)/released, once
 	@if [ -z "$(HAVE_RELEASED)" ]; then echo "released-donors: $(SKIP_MESSAGE)"; exit 0; fi; \
@@ -91,7 +91,7 @@ FIG_TARGETS := fig-p1-2 fig-p1-3 fig-p1-4 fig-p1-5 fig-p1-6 fig-p1-7 fig-p1-8 fi
 	fig-p2-1 fig-p2-2 fig-p2-3 fig-p2-4
 .PHONY: figures released-donors $(FIG_TARGETS)
 
-figures: $(FIG_TARGETS)  ## every paper figure below at SCALE=smoke|paper (released: fig-p1-2/4/6/7/8)
+figures: $(FIG_TARGETS)  ## every paper figure below at SCALE=smoke|paper (released: fig-p1-2/4/6/7/8/lmc)
 
 # SCALE=released: Tiny-10 at bn1..bn8 (the experiment), then ResNet-20 at its block outputs (3 TLM epochs)
 P1_FIG2_RESNET = $(if $(filter released,$(SCALE)),model@model1=resnet20 layer=all tlm.epochs=3,)

@@ -1,8 +1,11 @@
-"""Reading result records: one JSON file per run, ``<results_dir>/records/<run>.json``.
+"""Reading results: one JSON record per run, ``<results_dir>/records/<run>.json``, and the saved
+stitching layers (``save_stitch=true``: ``<results_dir>/stitches/<run>.pt``).
 
 The records are written by the study (atomically, so a reader never sees half a file). This is
 the one place that finds and reads them: :mod:`stitch.matrices`, the sweep's tables
-(:mod:`stitch.sweep.collect`) and the tests all read records through it.
+(:mod:`stitch.sweep.collect`) and the tests all read records through it, and the sweep's figures
+and the LMC step (:mod:`stitch.study.lmc`) read saved stitching layers with :func:`load_stitch`.
+It imports no network code.
 """
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import glob
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+
+import torch
 
 from .fileio import read_json
 
@@ -64,3 +69,16 @@ def load_records(inputs: str | Path | Iterable[str | Path], status: str | None =
         if status is None or rec.get("status") == status:
             out.append(rec)
     return out
+
+
+def stitch_matrix(state: dict) -> torch.Tensor:
+    """The C_in x C_out matrix W of a saved stitching layer's state dict: ``weight``, or ``w1 @ w2``
+    for a rank-k layer."""
+    return state["weight"] if "weight" in state else state["w1"] @ state["w2"]
+
+
+def load_stitch(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, b) of a saved stitching layer, on the CPU: ``rows(A) @ W + b``. Loaded with
+    ``weights_only=True`` (tensors only: never runs code)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return stitch_matrix(state), state["bias"]

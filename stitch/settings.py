@@ -89,6 +89,13 @@ PRECISION = Rule(lambda v: not isinstance(v, bool) and str(v) in ("auto", "32", 
 ANY = Rule(lambda v: True, "anything")
 
 
+def _ok(rule: Rule, value: Any) -> bool:
+    try:
+        return bool(rule.ok(value))
+    except Exception:  # noqa: BLE001 - a value a rule cannot even inspect (e.g. a list where a name goes) is wrong
+        return False
+
+
 class _Absent:
     """A key the config does not set: the code's default applies, and the key is not in the identity."""
 
@@ -130,6 +137,7 @@ class Section:
             problems.add(where, raw, f"a group of {cls.title} ({', '.join(cls.keys())})")
             return None
         names = cls.keys()
+        before = len(problems)
         problems += [f"{prefix}{k}={raw[k]!r}: unknown key; {where} keys are: {', '.join(names)}"
                      for k in raw if k not in names]
         values: dict[str, Any] = {}
@@ -142,12 +150,13 @@ class Section:
                 v = sub.parse(v, f"{prefix}{f.name}.", problems)
                 if v is None:
                     continue
-            elif not f.metadata["rule"].ok(v):
+            elif not _ok(f.metadata["rule"], v):
                 problems.add(prefix + f.name, v, f.metadata["rule"].allowed)
                 continue
             values[f.name] = v
         obj = cls(given=frozenset(k for k in raw if k in names), **values)
-        obj.cross_check(prefix, problems)
+        if len(problems) == before:  # cross-checks of values that passed their own rules only
+            obj.cross_check(prefix, problems)
         return obj
 
     def cross_check(self, prefix: str, problems: Problems) -> None:
@@ -193,6 +202,24 @@ class ModelSpec(Section):
     weights: str | None = setting(or_null(Rule(lambda v: isinstance(v, str) and v != "", "a state-dict file path")),
                                   None, results=False)
 
+    def identity(self) -> dict:
+        out = super().identity()
+        if out.get("options"):  # where the network may be cut does not change a run at a given layer pair
+            from .models import CUT_POINT_OPTIONS
+
+            out["options"] = {k: v for k, v in out["options"].items() if k not in CUT_POINT_OPTIONS}
+        return out
+
+    def cross_check(self, prefix: str, problems: Problems) -> None:
+        from . import models  # the registry (cheap: no network is built)
+
+        if self.name not in models.list_models():
+            problems.add(f"{prefix}name", self.name, f"one of {', '.join(models.list_models())}")
+            return
+        valid = models.options_of(self.name)
+        problems += [f"{prefix}options.{k}={v!r}: unknown option of {self.name}; its options are: "
+                     f"{', '.join(valid) or 'none'}" for k, v in (self.options or {}).items() if k not in valid]
+
 
 _SUBSET = or_null(POS_INT)
 
@@ -218,6 +245,20 @@ class DataSpec(Section):
     num_classes: int = setting(POS_INT)
     train_size: int = setting(POS_INT)
     test_size: int = setting(POS_INT)
+    split_seed: int = setting(NONNEG_INT)  # digits: its fixed stratified train/test split
+    seed: int = setting(INT)  # subsets and shuffling
+    noise: float = setting(NONNEG)  # synthetic
+    pattern_seed: int = setting(INT)  # synthetic
+
+    def cross_check(self, prefix: str, problems: Problems) -> None:
+        from . import data  # the registry (cheap: nothing is read)
+
+        if self.name not in data.list_datasets():
+            problems.add(f"{prefix}name", self.name, f"one of {', '.join(data.list_datasets())}")
+            return
+        takes = data.options_of(self.name) | data.NOT_DATAMODULE_OPTIONS
+        problems += [f"{prefix}{k}={getattr(self, k)!r}: {self.name} does not take {k}; its keys are: "
+                     f"{', '.join(sorted(takes))}" for k in sorted(self.given) if k not in takes]
 
 
 @dataclass(frozen=True)
@@ -308,12 +349,41 @@ class OODSettings(Section):
 
 
 @dataclass(frozen=True)
+class OptimSettings(Section):
+    """A donor's optimiser (``conf/optim/*.yaml``, ``stitch/training.py``)."""
+    title: ClassVar[str] = "optimiser settings"
+    name: str = setting(one_of("sgd", "adam", "adamw"), "sgd")
+    lr: float = setting(POSITIVE, 0.05)
+    momentum: float = setting(NONNEG, 0.9)
+    weight_decay: float = setting(NONNEG, 5e-4)
+    nesterov: bool = setting(BOOL, False)
+    schedule: str = setting(one_of("cosine", "step", "constant"), "cosine")
+    warmup_epochs: int = setting(NONNEG_INT, 0)
+
+
+@dataclass(frozen=True)
+class LoggerSettings(Section):
+    """Where runs are logged (``conf/logger/*.yaml``): none, csv (donor training) or wandb."""
+    title: ClassVar[str] = "logger settings"
+    name: str = setting(one_of("none", "csv", "wandb"), "none")
+    project: str = setting(TEXT, "model-stitching")
+    entity: str | None = setting(TEXT, None)
+    group: str | None = setting(TEXT, None)
+    mode: str | None = setting(or_null(one_of("online", "offline", "disabled")), None)
+    check_host: str = setting(TEXT, "auto")
+    check_timeout_s: float = setting(POSITIVE, 2.0)
+    save_dir: str = setting(TEXT, None)
+    tags: list = setting(Rule(lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v),
+                              "a list of strings"), ())
+
+
+@dataclass(frozen=True)
 class DonorSettings(Section):
     """How missing donors are trained; a donor's identity is its store key and sha256, not these."""
     title: ClassVar[str] = "donor settings"
     train_missing: bool = setting(BOOL, True)
     epochs: int = setting(POS_INT, 30)
-    optim: dict = setting(MAPPING, None)
+    optim: OptimSettings = section(OptimSettings)
     trainer: dict = setting(MAPPING, None)
 
 
@@ -362,7 +432,7 @@ class StudySettings(Section):
     similarity: SimilaritySettings = section(SimilaritySettings)
     ood: OODSettings = section(OODSettings)
     donor: DonorSettings = section(DonorSettings, results=False)
-    logger: dict = setting(MAPPING, None, results=False)
+    logger: LoggerSettings = section(LoggerSettings, results=False)
     # what stitch.py does: stitch (fit and record every run) | lmc (interpolate the saved layers of finished runs)
     step: str = setting(one_of("stitch", "lmc"), "stitch", results=False)
     lmc: LMCSettings = section(LMCSettings, results=False)
@@ -389,6 +459,10 @@ class StudySettings(Section):
                 # the user writes tlm.lr=..., not method.tlm.lr (conf/method/*.yaml interpolate the tlm/dm nodes)
                 key = name if raw.get(name) == m else f"method.{name}"
                 kind = m.get("kind") if isinstance(m, dict) else m
+                if kind is None and isinstance(m, dict):  # e.g. +method.tlm.foo=1 made a new entry
+                    problems.append(f"{key}={m!r}: not a method; methods are chosen with method=tlm|dm|[tlm,dm] "
+                                    f"and set with tlm.<key>=... / dm.<key>=...")
+                    continue
                 if kind not in _METHODS:
                     problems.add(f"{key}.kind", kind, "one of tlm, dm")
                     continue
@@ -414,7 +488,8 @@ class StudySettings(Section):
 
 
 _SECTIONS = {"data": DataSpec, "model1": ModelSpec, "model2": ModelSpec, "cache": CacheSettings,
-             "similarity": SimilaritySettings, "ood": OODSettings, "donor": DonorSettings, "lmc": LMCSettings}
+             "similarity": SimilaritySettings, "ood": OODSettings, "donor": DonorSettings, "lmc": LMCSettings,
+             "logger": LoggerSettings}
 
 
 def _raise(problems: list[str]) -> None:
@@ -460,8 +535,10 @@ def check_train(cfg: dict) -> None:
     problems = Problems()
     for key, rule in TRAIN_TOP.items():
         value = _get(cfg, key)
-        if value is not _MISSING and not rule.ok(value):
+        if value is not _MISSING and not _ok(rule, value):
             problems.add(key, value, rule.allowed)
+    if isinstance(cfg, dict) and "optim" in cfg:
+        OptimSettings.parse(cfg["optim"], "optim.", problems)
     _raise(problems)
 
 
@@ -473,11 +550,14 @@ def check_layers(s: StudySettings, num_classes: int, input_shape: tuple[int, ...
     """
     from . import models  # builds networks: imported only when layers are checked
 
-    def build(m: ModelSpec):
-        return models.build(m.name, num_classes, **dict(m.options or {}))
+    def build(m: ModelSpec, which: str):
+        try:
+            return models.build(m.name, num_classes, **dict(m.options or {}))
+        except (TypeError, ValueError, KeyError) as e:  # an option value the family cannot take
+            raise ConfigError(f"{which}.options={m.options!r}: {m.name} cannot be built with them ({e})") from None
 
-    m1 = build(s.model1)
-    nets = {"model1": m1, "model2": m1 if s.self_stitch_possible else build(s.model2)}
+    m1 = build(s.model1, "model1")
+    nets = {"model1": m1, "model2": m1 if s.self_stitch_possible else build(s.model2, "model2")}
     problems: list[str] = []
     if input_shape is not None:  # e.g. a 224-px ViT on 32-px images: say so before any donor is trained
         for which, net in nets.items():

@@ -293,3 +293,15 @@ def test_p2_fig3_smoke_network_is_same_size():
     net = models.build("resnet18", num_classes=10, **cfg.model1.options)
     shapes = net.layer_shapes((3, 32, 32))
     assert {shapes[L][1:] for L in [*cfg.layer, *cfg.target_layer]} == {(32, 32)}
+
+
+def test_layer_order_follows_the_recorded_forward_positions():
+    """Figures order layers by the positions records carry (no network is built); older records
+    without them fall back to natural order."""
+    import pandas as pd
+
+    from stitch.sweep.figures import layer_order
+
+    df = pd.DataFrame({"layer": ["relu1", "bn1", "conv1", "bn10", "bn2"], "layer_index": [2, 1, 0, 28, 4]})
+    assert layer_order(df) == ["conv1", "bn1", "relu1", "bn2", "bn10"]
+    assert layer_order(df.drop(columns="layer_index")) == ["bn1", "bn2", "bn10", "conv1", "relu1"]

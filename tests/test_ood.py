@@ -211,25 +211,89 @@ def test_outlier_sampler_matches_in_distribution_preprocessing():
 
 # ------------------------------------------------------------------------- config
 @pytest.mark.parametrize("ood, match", [
-    ({"detectr": {}}, "unknown key"),
-    ({"detector": {"epochs": -1}}, "ood.detector.epochs"),
-    ({"detector": {"lr": 0}}, "ood.detector.lr"),
-    ({"detector": {"batch_size": "big"}}, "ood.detector.batch_size"),
-    ({"detector": {"conv": {"arch": "alexnet"}}}, "not a model"),
-    ({"detector": {"conv": {"arch": "resnet18", "options": {"width": 2}}}}, "not options of"),
-    ({"energy": {"m_in": -5, "m_out": -7}}, "must be below"),
-    ({"energy": {"weight": -0.1}}, "ood.energy.weight"),
-    ({"outliers": {"sources": ["imagenet"]}}, "unknown ood.outliers.sources"),
-    ({"outliers": {"sources": [], "datasets": []}}, "at least one"),
-    ({"outliers": {"datasets": ["svhn"]}}, "mappings with a name"),
-    ({"detector": {"epochs": 0}, "energy": {"epochs": 0}}, "untrained"),
-    ({"split": "validation"}, "ood.split"),
-    ({"sanity": {"samples": 1}}, "ood.sanity.samples"),
+    ({"detectr": {}}, "ood.detectr={}: unknown key; ood keys are: detector, enabled"),
+    ({"detector": {"foo": 1}}, "ood.detector.foo=1: unknown key; ood.detector keys are: augment"),
+    ({"detector": 5}, "ood.detector=5: expected a mapping"),
+    ({"detector": {"epochs": -1}}, "ood.detector.epochs=-1: expected an integer >= 0"),
+    ({"detector": {"lr": 0}}, "ood.detector.lr=0: expected a finite number > 0"),
+    ({"detector": {"batch_size": "big"}}, "ood.detector.batch_size='big': expected an integer >= 2"),
+    ({"detector": {"augment": "maybe"}}, "ood.detector.augment='maybe': expected true or false"),
+    ({"detector": {"tokens": {"heads": "many"}}}, "ood.detector.tokens.heads='many': expected auto or an integer"),
+    ({"detector": {"conv": {"arch": "alexnet"}}}, "ood.detector.conv.arch='alexnet': expected a model .*resnet20"),
+    ({"detector": {"conv": {"options": "abc"}}}, "ood.detector.conv.options='abc': expected a mapping"),
+    ({"detector": {"conv": {"arch": "resnet18", "options": {"width": 2}}}},
+     "ood.detector.conv.options.width=2: unknown option of resnet18; its options are: variant"),
+    ({"detector": {"conv": {"options": {"width": "abc"}}}},
+     "ood.detector.conv.options.width='abc': expected a number"),
+    ({"detector": {"conv": {"options": {"width": 0}}}},
+     r"ood.detector.conv.options=\{'width': 0\}: expected options that build resnet20 .*must be positive"),
+    ({"detector": {"conv": {"arch": "resnet18", "options": {"variant": "wide"}}}},
+     r"ood.detector.conv.options=\{'variant': 'wide'\}: expected options that build resnet18"),
+    ({"energy": {"m_in": -5, "m_out": -7}}, "ood.energy.m_in=-5.0: expected a number below ood.energy.m_out=-7.0"),
+    ({"energy": {"weight": -0.1}}, "ood.energy.weight=-0.1: expected a finite number >= 0"),
+    ({"outliers": {"sources": ["imagenet"]}}, r"ood.outliers.sources=\['imagenet'\]: expected a list of photos"),
+    ({"outliers": {"sources": [], "datasets": []}}, r"ood.outliers.sources=\[\]: expected at least one"),
+    ({"outliers": {"datasets": "svhn"}}, "ood.outliers.datasets='svhn': expected a list"),
+    ({"outliers": {"datasets": ["svhn"]}}, r"ood.outliers.datasets\[0\]='svhn': expected a mapping with a name"),
+    ({"outliers": {"datasets": [{"name": "nosuch"}]}},
+     r"ood.outliers.datasets\[0\].name='nosuch': expected an in-memory data set, one of cifar10, digits, svhn, "
+     r"synthetic$"),
+    ({"outliers": {"datasets": [{"name": "imagenet"}]}},  # streams from disk: no tensors() to sample from
+     r"ood.outliers.datasets\[0\].name='imagenet': expected an in-memory data set.*streams from disk"),
+    ({"outliers": {"datasets": [{"name": "svhn", "rooot": "data/svhn"}]}},
+     r"ood.outliers.datasets\[0\]=\{'rooot': 'data/svhn'\}: expected options of data set svhn .*rooot"),
+    ({"outliers": {"datasets": [{"name": "svhn", "split": "extra"}]}},
+     r"ood.outliers.datasets\[0\].split='extra': expected one of train, val, test"),
+    ({"outliers": {"grayscale": "grey"}}, "ood.outliers.grayscale='grey': expected auto, true or false"),
+    ({"detector": {"epochs": 0}, "energy": {"epochs": 0}}, "ood.energy.epochs=0: expected .* untrained"),
+    ({"split": "validation"}, "ood.split='validation': expected one of train, val, test"),
+    ({"sanity": {"samples": 1}}, "ood.sanity.samples=1: expected an integer >= 2"),
+    ({"sanity": {"data": "nosuch"}},
+     r"ood.sanity.data='nosuch': expected a data-set name \(celeba, cifar10, digits, imagenet, svhn, synthetic\), "
+     r"auto or null"),
+    ({"sanity": {"data": 3}}, "ood.sanity.data=3: expected a data-set name"),
+    ({"sanity": {"options": "abc"}}, "ood.sanity.options='abc': expected a mapping"),
+    ({"sanity": {"data": "svhn", "options": {"rooot": "x"}}},
+     r"ood.sanity.options=\{'rooot': 'x'\}: expected options of data set svhn"),
 ])
 def test_bad_config_values_give_clear_errors(ood, match):
-    with pytest.raises(ConfigError, match=match):
+    """Every problem is one line, ``<key>=<value>: expected <what is allowed>``, naming the key."""
+    with pytest.raises(ConfigError, match=match) as e:
         detector_config(ood)
         sanity_config(ood)
+    assert "\n" not in str(e.value) and (": expected " in str(e.value) or ": unknown " in str(e.value))
+
+
+def test_several_unknown_keys_give_one_line_each():
+    with pytest.raises(ConfigError) as e:
+        detector_config({"detector": {"foo": 1, "bar": 2}})
+    lines = [ln.strip() for ln in str(e.value).splitlines()]
+    assert [ln.split(":")[0] for ln in lines] == ["ood.detector.foo=1", "ood.detector.bar=2"]
+
+
+def test_good_ood_data_settings_pass_and_validation_keeps_the_rng():
+    state = torch.random.get_rng_state()
+    cfg = detector_config({"outliers": {"datasets": [{"name": "svhn", "root": "data/svhn"}, {"name": "digits"}]},
+                           "detector": {"augment": False, "conv": {"options": {"width": 0.3125}}}})  # width: unseen
+    assert cfg.augment is False and cfg.outlier_datasets[1] == (("name", "digits"),)
+    assert torch.equal(state, torch.random.get_rng_state())  # building the detector arch to check it draws nothing
+    r18 = detector_config({"detector": {"conv": {"arch": "resnet18", "options": {"variant": "same_width"}}}})
+    assert r18.conv_options == (("variant", "same_width"),)
+    for data in ("auto", None, "none", "synthetic"):
+        assert sanity_config({"sanity": {"data": data}})["data"] == data
+    assert sanity_config({"sanity": {"data": "svhn", "options": {"root": "x"}}})["options"] == {"root": "x"}
+
+
+def test_ood_mistakes_fail_study_validation_before_any_training():
+    """``study_settings`` reports the OOD block's problems (one line each) before donors are trained."""
+    from stitch.settings import study_settings
+
+    base = {"enabled": True, "sanity": {"data": "nosuch"}, "detector": {"augment": "maybe"}}
+    with pytest.raises(ConfigError) as e:
+        study_settings({"ood": base})
+    msg = str(e.value)
+    assert "ood.detector.augment='maybe': expected true or false" in msg
+    assert "ood.sanity.data='nosuch': expected a data-set name" in msg
 
 
 def test_default_config_is_valid_and_hash_is_stable():

@@ -146,6 +146,15 @@ BAD = [
     (["+claim_timeout_s=0"], "claim_timeout_s=0: expected a finite number > 0"),
     (["ood.enabled=true", "ood.detector.batch_size=1"], "ood.detector.batch_size=1: expected an integer >= 2"),
     (["ood.split=valid"], "ood.split='valid': expected one of train, val, test"),
+    (["+data.root=/x"], "data.root='/x': digits does not take root; its keys are: augment, batch_size"),
+    (["data.name=nosuch"], "data.name='nosuch': expected one of celeba, cifar10, digits"),
+    (["model1.name=nosuch"], "model1.name='nosuch': expected one of "),
+    (["+model1.options.widht=2"], "model1.options.widht=2: unknown option of tiny10; its options are: padding"),
+    (["lmc.pairs=[[seeds]]"], "lmc.pairs=[['seeds']]: expected a non-empty list of: seeds, methods"),
+    (["dm=lasso", "dm.alpha=-1"], "dm.alpha=-1: expected a finite number > 0 or null"),  # one line, no cross-check
+    (["logger.name=wandbb"], "logger.name='wandbb': expected one of none, csv, wandb"),
+    (["donor.optim.lr=-1"], "donor.optim.lr=-1: expected a finite number > 0"),
+    (["+method.tlm.foo=1"], "method.tlm="),
 ]
 
 
@@ -167,9 +176,28 @@ def test_layer_and_rank_cross_checks_use_untrained_networks(tmp_path):
         check_layers(_settings(tmp_path, "layer=relu99"), 10, (3, 32, 32))
 
 
+def test_model_option_values_a_family_cannot_take_are_config_errors(tmp_path):
+    s = _settings(tmp_path, "model@model1=resnet20", "model1.options.width=abc")
+    with pytest.raises(ConfigError, match=r"^model1.options=\{'width': 'abc'\}: resnet20 cannot be built with them"):
+        check_layers(s, 10, (3, 32, 32))
+
+
 def test_settings_are_typed_and_frozen(tmp_path):
     s = _settings(tmp_path, "tlm.epochs=3", "method=[tlm,dm]")
     assert isinstance(s.method["tlm"], TLMSettings) and s.method["tlm"].epochs == 3
     assert isinstance(s.method["dm"], DMSettings) and s.method["dm"].solver == "ls"
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.seed = 3  # type: ignore[misc]
+
+
+def test_cut_point_options_of_external_models_change_neither_the_donor_nor_the_run(tmp_path):
+    """``model.options.layers`` of torchvision/timm models only chooses where the network may be cut."""
+    from stitch.study.assembly import donor_key
+
+    base = ["model@model1=torchvision", "model@model2=torchvision", "layer=layer2.0"]
+    a = _settings(tmp_path, *base)
+    b = _settings(tmp_path, *base, "model1.options.layers=[layer2.0,layer3.0]")
+    assert donor_key(a.model1, a.data) == donor_key(b.model1, b.data)
+    assert hash(donor_key(b.model1, b.data))  # a list-valued option no longer makes the key unhashable
+    assert _ids(a, "layer2.0") == _ids(b, "layer2.0")
+    assert _ids(a, "layer2.0") != _ids(_settings(tmp_path, *base, "model1.options.arch=resnet34"), "layer2.0")

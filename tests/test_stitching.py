@@ -122,6 +122,19 @@ def test_cached_and_recomputed_paths_give_the_same_batches(donor_store):
         assert all(b.x is None for b in got) and all(b.x is not None for b in want)  # paths as documented
 
 
+def test_a_train_limit_means_the_same_images_cached_or_streamed(donor_store):
+    """train_limit=N: the cache (when it fits) and the streaming path train on the same N images, in the
+    same shuffled order; before, streaming drew N random images of the whole split."""
+    m1, m2 = _donors(donor_store)
+    cached, _ = _ctx(m1, m2, "layer2", "layer7", cache=True, limits={"train": 100})
+    live, _ = _ctx(m1, m2, "layer2", "layer7", cache=False, limits={"train": 100})
+    assert cached.source._cached("train") is not None and live.source._cached("train") is None
+    for kwargs in ({}, {"shuffle": True, "seed": 5}):
+        got, want = list(cached.source.batches("train", **kwargs)), list(live.source.batches("train", **kwargs))
+        assert sum(len(b.y) for b in want) == 100
+        _assert_same_batches(got, want)
+
+
 def test_batch_comparison_rejects_a_cache_that_lost_images(donor_store, monkeypatch):
     """A test of the test: a cache missing its last images (what a zip would not see) fails the comparison."""
     m1, m2 = _donors(donor_store)

@@ -27,13 +27,13 @@ def study(cfg: DictConfig) -> int:
     from stitch.study import format_table, run_study
 
     records = run_study(settings)
-    if cfg.print_table:
+    if settings.print_table:
         print(format_table(records))
     # runs claimed by another live process are neither ok nor failed: they do not change the exit code
     failed = sum(r["status"] == "failed" for r in records)
     claimed = sum(r["status"] == "claimed" for r in records)
     if failed:
-        log.warning("%d of %d runs failed; see their records in %s", failed, len(records), cfg.results_dir)
+        log.warning("%d of %d runs failed; see their records in %s", failed, len(records), settings.results_dir)
     if claimed:
         log.info("%d of %d runs are being done by other processes (claimed); rerun later to collect them",
                  claimed, len(records))

@@ -138,7 +138,8 @@ class ImageDataModule:
         bs = batch_size or self.batch_size
         n = len(labels) if limit is None else min(limit, len(labels))
         g = torch.Generator().manual_seed(self.seed if seed is None else seed)
-        order = torch.randperm(len(labels), generator=g)[:n] if shuffle else torch.arange(n)
+        # the first n images, shuffled: the same images the activation cache holds (stitch/features.py)
+        order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
         pin = torch.device(device).type == "cuda"
         for start in range(0, n, bs):
             idx = order[start:start + bs]

@@ -59,6 +59,11 @@ def build(name: str, num_classes: int, in_channels: int = 3, **options: Any) -> 
     return _builder_of(name)(num_classes=num_classes, in_channels=in_channels, **options)
 
 
+# options that choose where a network may be cut, not the network: neither its stored weights nor a
+# run's result depend on them (torchvision/timm ``layers=[...]``)
+CUT_POINT_OPTIONS = frozenset({"layers"})
+
+
 def model_tag(name: str, **options: Any) -> str:
     """A readable, unique key for a family plus its non-default options (used by the model store)."""
     defaults = options_of(name)
@@ -66,4 +71,4 @@ def model_tag(name: str, **options: Any) -> str:
     return "-".join([name, *extra])
 
 
-__all__ = ["StitchableNetwork", "UnknownLayerError", "build", "list_models", "model_tag", "options_of", "register"]
+__all__ = ["CUT_POINT_OPTIONS", "StitchableNetwork", "UnknownLayerError", "build", "list_models", "model_tag", "options_of", "register"]

@@ -1,6 +1,11 @@
 """The ``ood:`` config block: :class:`DetectorConfig` (what determines a trained detector) and
 the checks that reject unknown keys and out-of-range values with a :class:`~stitch.errors.ConfigError`
-naming the key."""
+naming the key, one line per problem in the project's format ``<key>=<value>: expected <what is allowed>``
+(as ``stitch/settings.py``), e.g. ``ood.sanity.data='nosuch': expected a data-set name (...), auto or null``.
+
+Everything that would otherwise fail only once the detector is trained (after the donors) is checked
+here: data-set names and options (outlier sets must be in-memory ones), the conv detector's option
+values (by building the architecture once, untrained) and the types of every value."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +13,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
+from .. import data as data_lib
 from .. import models
 from ..errors import ConfigError
 from .energy import DEFAULT_M_IN, DEFAULT_M_OUT, DEFAULT_WEIGHT
@@ -75,11 +83,80 @@ def _check_keys(block: Any, valid: set[str], where: str) -> dict:
     if block is None:
         return {}
     if not isinstance(block, dict):
-        raise ConfigError(f"{where} must be a mapping, got {block!r}")
-    bad = sorted(set(block) - valid)
-    if bad:
-        raise ConfigError(f"unknown key(s) {bad} in {where}; valid keys: {', '.join(sorted(valid))}")
+        raise ConfigError(f"{where}={block!r}: expected a mapping (key: value) of {', '.join(sorted(valid))} or null")
+    bad = [k for k in block if k not in valid]
+    if bad:  # one line per key, like stitch/settings.py
+        raise ConfigError("\n  ".join(f"{where}.{k}={block[k]!r}: unknown key; {where} keys are: "
+                                       f"{', '.join(sorted(valid))}" for k in bad))
     return block
+
+
+def _bool(v, where: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{where}={v!r}: expected true or false")
+    return v
+
+
+def _check_data_options(name: str, options: dict, where: str) -> None:
+    """Construct (not load) data set ``name`` with ``options``: unknown option names fail here."""
+    try:
+        data_lib.build(name, **options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}={options!r}: expected options of data set {name} ({e})") from None
+
+
+def _check_outlier_dataset(spec: Any, where: str) -> None:
+    """One ``ood.outliers.datasets`` entry: ``{name: <in-memory set>, split: train|val|test, **options}``."""
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ConfigError(f"{where}={spec!r}: expected a mapping with a name, e.g. {{name: svhn, root: data/svhn}}")
+    name, ok = spec["name"], data_lib.in_memory_datasets()  # outliers are drawn from tensors
+    if name not in ok:
+        streams = " (it streams from disk)" if name in data_lib.list_datasets() else ""
+        raise ConfigError(f"{where}.name={name!r}: expected an in-memory data set, one of {', '.join(ok)}{streams}")
+    split = spec.get("split", "train")
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"{where}.split={split!r}: expected one of train, val, test")
+    # what outliers.dataset_images passes to the data set
+    _check_data_options(name, {k: v for k, v in spec.items() if k not in ("name", "split", "tlm_lr")}, where)
+
+
+def _check_conv_options(arch: str, options: dict) -> None:
+    """Option names and values of the conv detector's architecture, before any training."""
+    where = "ood.detector.conv.options"
+    defaults = models.options_of(arch)
+    for k, v in options.items():
+        if k not in defaults:
+            raise ConfigError(f"{where}.{k}={v!r}: unknown option of {arch}; its options are: "
+                              f"{', '.join(sorted(defaults)) or '(none)'}")
+        d = defaults[k]
+        if isinstance(d, bool):
+            ok, what = isinstance(v, bool), "true or false"
+        elif isinstance(d, (int, float)):
+            ok, what = isinstance(v, (int, float)) and not isinstance(v, bool), "a number"
+        elif isinstance(d, str):
+            ok, what = isinstance(v, str), "a string"
+        else:  # default None: any type; the build below checks it
+            ok, what = True, ""
+        if not ok:
+            raise ConfigError(f"{where}.{k}={v!r}: expected {what} (option of {arch}, default {d!r})")
+    error = _build_error(arch, repr(sorted(options.items())), options)
+    if error:
+        raise ConfigError(f"{where}={options!r}: expected options that build {arch} ({error})")
+
+
+_BUILD_ERRORS: dict[tuple[str, str], str] = {}
+
+
+def _build_error(arch: str, key: str, options: dict) -> str:
+    """The error of building ``arch`` (untrained, 10 classes) with ``options``, '' if none; cached per process."""
+    if (arch, key) not in _BUILD_ERRORS:
+        try:
+            with torch.random.fork_rng(devices=[]):  # validation must not move the global RNG
+                models.build(arch, 10, **options)
+            _BUILD_ERRORS[arch, key] = ""
+        except Exception as e:  # noqa: BLE001 -- any failure is a config problem of these options
+            _BUILD_ERRORS[arch, key] = f"{type(e).__name__}: {e}"
+    return _BUILD_ERRORS[arch, key]
 
 
 def _int(v, where: str, lo: int, allow_none: bool = False) -> int | None:
@@ -117,37 +194,39 @@ def detector_config(ood_cfg: dict | None) -> DetectorConfig:
     base = DetectorConfig()
 
     arch = conv.get("arch", base.conv_arch)
-    if arch not in models.list_models():
-        raise ConfigError(f"ood.detector.conv.arch={arch!r} is not a model; available: "
+    if not isinstance(arch, str) or arch not in models.list_models():
+        raise ConfigError(f"ood.detector.conv.arch={arch!r}: expected a model of the zoo, one of "
                           f"{', '.join(models.list_models())}")
     options = conv.get("options")
     # null: the preset of the architecture (half-width ResNet-20 for speed), so arch=resnet18 needs no
     # options override (Hydra merges dicts: options={} would not remove a preset key)
+    if options is not None and not isinstance(options, dict):
+        raise ConfigError(f"ood.detector.conv.options={options!r}: expected a mapping of {arch} options "
+                          f"({', '.join(sorted(models.options_of(arch))) or 'none'}) or null (the preset)")
     options = dict(DEFAULT_CONV_OPTIONS.get(arch, {}) if options is None else options)
-    valid_opts = models.options_of(arch)
-    bad = sorted(set(options) - set(valid_opts))
-    if bad:
-        raise ConfigError(f"ood.detector.conv.options {bad} are not options of {arch!r} (valid: "
-                          f"{sorted(valid_opts)})")
+    _check_conv_options(arch, options)
     heads = tok.get("heads", "auto")
-    heads = None if heads in (None, "auto") else _int(heads, "ood.detector.tokens.heads", 1)
+    if heads not in (None, "auto") and (isinstance(heads, bool) or not isinstance(heads, int) or heads < 1):
+        raise ConfigError(f"ood.detector.tokens.heads={heads!r}: expected auto or an integer >= 1")
+    heads = None if heads in (None, "auto") else int(heads)
     grayscale = out.get("grayscale", "auto")
     if grayscale not in ("auto", True, False):
         raise ConfigError(f"ood.outliers.grayscale={grayscale!r}: expected auto, true or false")
-    sources = out.get("sources", list(base.outlier_sources)) or []
-    if isinstance(sources, str):
-        sources = [sources]
-    bad = [s for s in sources if s not in BUILTIN_SOURCES]
-    if bad:
-        raise ConfigError(f"unknown ood.outliers.sources {bad}; valid: {', '.join(BUILTIN_SOURCES)} "
+    sources = out.get("sources", list(base.outlier_sources))
+    sources = [] if sources is None else [sources] if isinstance(sources, str) else sources
+    if not isinstance(sources, (list, tuple)) or any(s not in BUILTIN_SOURCES for s in sources):
+        raise ConfigError(f"ood.outliers.sources={sources!r}: expected a list of {', '.join(BUILTIN_SOURCES)} "
                           f"(data sets such as svhn go in ood.outliers.datasets)")
-    datasets = out.get("datasets") or []
-    for spec in datasets:
-        if not isinstance(spec, dict) or "name" not in spec:
-            raise ConfigError(f"ood.outliers.datasets entries must be mappings with a name, e.g. "
-                              f"{{name: svhn, root: data/svhn}}; got {spec!r}")
+    datasets = out.get("datasets")
+    datasets = [] if datasets is None else datasets
+    if not isinstance(datasets, (list, tuple)):
+        raise ConfigError(f"ood.outliers.datasets={datasets!r}: expected a list of data-set mappings, e.g. "
+                          f"[{{name: svhn, root: data/svhn}}]")
+    for i, spec in enumerate(datasets):
+        _check_outlier_dataset(spec, f"ood.outliers.datasets[{i}]")
     if not sources and not datasets:
-        raise ConfigError("ood.outliers needs at least one source or data set for energy fine-tuning")
+        raise ConfigError(f"ood.outliers.sources={sources!r}: expected at least one source (or a data set in "
+                          f"ood.outliers.datasets) for energy fine-tuning")
     cfg = DetectorConfig(
         conv_arch=arch, conv_options=tuple(sorted(options.items())),
         input_size=_int(conv.get("input_size", base.input_size), "ood.detector.conv.input_size", 4, True),
@@ -158,7 +237,7 @@ def detector_config(ood_cfg: dict | None) -> DetectorConfig:
         epochs=_int(d.get("epochs", base.epochs), "ood.detector.epochs", 0),
         lr=_float(d.get("lr", base.lr), "ood.detector.lr", positive=True),
         weight_decay=_float(d.get("weight_decay", base.weight_decay), "ood.detector.weight_decay", nonneg=True),
-        augment=bool(d.get("augment", base.augment)),
+        augment=_bool(d.get("augment", base.augment), "ood.detector.augment"),
         train_limit=_int(d.get("train_limit", base.train_limit), "ood.detector.train_limit", 1, True),
         seed=_int(d.get("seed", base.seed), "ood.detector.seed", 0),
         energy_epochs=_int(e.get("epochs", base.energy_epochs), "ood.energy.epochs", 0),
@@ -171,10 +250,11 @@ def detector_config(ood_cfg: dict | None) -> DetectorConfig:
         grayscale=str(grayscale).lower() if isinstance(grayscale, bool) else grayscale,
     )
     if cfg.epochs + cfg.energy_epochs == 0:
-        raise ConfigError("ood.detector.epochs and ood.energy.epochs are both 0: the detector would be untrained")
+        raise ConfigError("ood.energy.epochs=0: expected an integer >= 1 when ood.detector.epochs=0 "
+                          f"(with both 0 the detector would be untrained)")
     if not cfg.m_in < cfg.m_out:
-        raise ConfigError(f"ood.energy.m_in ({cfg.m_in}) must be below ood.energy.m_out ({cfg.m_out}): "
-                          f"in-distribution energies are pushed low, outliers high")
+        raise ConfigError(f"ood.energy.m_in={cfg.m_in!r}: expected a number below ood.energy.m_out={cfg.m_out!r} "
+                          f"(in-distribution energies are pushed low, outliers high)")
     split = o.get("split", "test")
     if split not in ("train", "val", "test"):
         raise ConfigError(f"ood.split={split!r}: expected one of train, val, test")
@@ -185,10 +265,15 @@ def sanity_config(ood_cfg: dict | None) -> dict:
     """The ``ood.sanity`` block with defaults: ``{"data": "auto", "options": {}, "samples": 1000}``."""
     s = _check_keys((ood_cfg or {}).get("sanity"), _SANITY_KEYS, "ood.sanity")
     data = s.get("data", "auto")
-    if data is not None and not isinstance(data, str):
-        raise ConfigError(f"ood.sanity.data must be a data-set name, auto or null, got {data!r}")
-    options = s.get("options") or {}
+    # "none"/"null" (strings): skip, as resolve_sanity_data reads them
+    if data is not None and data not in ("auto", "none", "null") and data not in data_lib.list_datasets():
+        raise ConfigError(f"ood.sanity.data={data!r}: expected a data-set name "
+                          f"({', '.join(data_lib.list_datasets())}), auto or null")
+    options = s.get("options")
+    options = {} if options is None else options
     if not isinstance(options, dict):
-        raise ConfigError(f"ood.sanity.options must be a mapping, got {options!r}")
+        raise ConfigError(f"ood.sanity.options={options!r}: expected a mapping (key: value) of data-set options")
+    if data in data_lib.list_datasets():  # auto: the options are roots for the chosen set
+        _check_data_options(data, dict(options), "ood.sanity.options")
     return {"data": data, "options": dict(options),
             "samples": _int(s.get("samples", 1000), "ood.sanity.samples", 2)}

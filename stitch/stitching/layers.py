@@ -191,9 +191,3 @@ def build_stitching_layer(src_shape: tuple[int, ...], dst_shape: tuple[int, ...]
     kinds = {3: "convolutional (C, H, W)", 2: "token (T, D)"}
     raise ConfigError(f"incompatible layers: source activations are {kinds.get(len(src_shape), src_shape)} "
                       f"{tuple(src_shape)}, target {kinds.get(len(dst_shape), dst_shape)} {tuple(dst_shape)}")
-
-
-def stitch_matrix(state: dict) -> torch.Tensor:
-    """The C_in x C_out matrix W of a saved stitching layer's state dict (``save_stitch=true``):
-    ``weight``, or ``w1 @ w2`` for a rank-k layer; its bias is ``state["bias"]``."""
-    return state["weight"] if "weight" in state else state["w1"] @ state["w2"]

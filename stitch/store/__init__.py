@@ -59,7 +59,9 @@ class DonorKey:
 
     @classmethod
     def make(cls, data: str, model: str, seed: int | str, options: dict | None = None) -> "DonorKey":
-        return cls(data, model, tuple(sorted((options or {}).items())), _seed(seed))
+        # cut-point options (models.CUT_POINT_OPTIONS) do not change the weights: one donor for any of them
+        options = {k: v for k, v in (options or {}).items() if k not in models.CUT_POINT_OPTIONS}
+        return cls(data, model, tuple(sorted(options.items())), _seed(seed))
 
     @property
     def tag(self) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -49,6 +50,25 @@ def donor_key(spec: ModelSpec, data: DataSpec) -> store.DonorKey:
     return store.DonorKey.make(data.name, spec.name, spec.seed, dict(spec.options or {}))
 
 
+def check_available(spec: ModelSpec, which: str, data: DataSpec, donor: DonorSettings, store_root: str) -> None:
+    """Raise ``CheckpointError`` (saying which command makes it) when the donor is neither in the store, nor
+    importable from ``spec.weights``, nor to be trained here: checked for both donors before either is trained."""
+    key = donor_key(spec, data)
+    if spec.weights:
+        if not Path(spec.weights).is_file():
+            raise CheckpointError(f"{which}.weights={spec.weights!r}: no such file")
+        return
+    if store.exists(key, store_root):
+        return
+    where = store.store_root(store_root).resolve()
+    if key.imported:
+        raise CheckpointError(f"no donor {key} for {which} in the model store {where}; import it with:\n  "
+                              f"{key.train_command(store_root)}\n(or pass {which}.weights=<file>)")
+    if not donor.train_missing:
+        raise CheckpointError(f"no trained donor {key} for {which} in the model store {where}; train it with:\n"
+                              f"  {key.train_command(store_root)}\n(or run with donor.train_missing=true)")
+
+
 def load_donor(spec: ModelSpec, which: str, data: DataSpec, donor: DonorSettings, store_root: str,
                device: torch.device, num_classes: int | None = None) -> Donor:
     """Model ``which`` from the store: imported from ``spec.weights`` or trained on demand when missing.
@@ -61,18 +81,12 @@ def load_donor(spec: ModelSpec, which: str, data: DataSpec, donor: DonorSettings
         import_checkpoint(spec.weights, data_cfg=data.as_dict(), model_cfg=spec.as_dict(), name=str(spec.seed),
                           store_root=store_root, device=device)
     elif not store.exists(key, store_root):
-        where = store.store_root(store_root).resolve()
-        if key.imported:
-            raise CheckpointError(f"no donor {key} for {which} in the model store {where}; import it with:\n  "
-                                  f"{key.train_command(store_root)}\n(or pass {which}.weights=<file>)")
-        if not donor.train_missing:
-            raise CheckpointError(f"no trained donor {key} for {which} in the model store {where}; train it with:\n"
-                                  f"  {key.train_command(store_root)}\n(or run with donor.train_missing=true)")
+        check_available(spec, which, data, donor, store_root)
         from ..donors import train_donor  # Lightning: imported only when a donor is trained
 
         log.info("donor %s missing: training it now (donor.train_missing=true)", key)
-        train_donor(data.as_dict(), spec.as_dict(), donor.optim, donor.trainer, donor.epochs, spec.seed, store_root,
-                    logger_cfg=None)
+        train_donor(data.as_dict(), spec.as_dict(), donor.optim.as_dict(), donor.trainer, donor.epochs, spec.seed,
+                    store_root, logger_cfg=None)
     net, meta = store.load(key, store_root, device)
     if num_classes is not None and meta.get("num_classes") not in (None, num_classes):
         raise ConfigError(f"donor {key} ({which}) has {meta['num_classes']} classes but {data.name} has "
@@ -142,6 +156,8 @@ class Study:
             check_layers(s, data.num_classes, getattr(data, "input_shape", None) or (3, size, size))
         device = resolve_device(s.device)
         precision = resolve_precision(str(s.precision), device)
+        for which in ("model1", "model2"):  # a missing donor that cannot be trained: say so before training the other
+            check_available(getattr(s, which), which, s.data, s.donor, s.store)
         data.setup()
         d1 = load_donor(s.model1, "model1", s.data, s.donor, s.store, device, data.num_classes)
         if donor_key(s.model2, s.data) == d1.key:

@@ -15,15 +15,18 @@ the test split, exactly as the runs themselves were evaluated (same assembly, sa
 At most ``lmc.max_pairs`` per method configuration (seeds) or per layer pair (methods); both ends
 must reach ``lmc.min_relative_acc`` (paper 1: 0.8). Only this study's finished runs are used:
 ``<results_dir>/records/*.json`` with ``status: ok``, a saved stitching layer
-(``<results_dir>/stitches/<run>.pt``, read with ``weights_only=True``), this study's donors (store
-key, and the sha256 the run recorded: another file under that key is refused) and this study's
-evaluation setup (data, ``test_limit``, precision). The interpolated matrix is set on a full-rank
-layer, so low-rank ends are interpolated exactly too.
+(``<results_dir>/stitches/<run>.pt``, :func:`stitch.results.load_stitch`), this study's donors
+(store key, and the sha256 the run recorded: another file under that key is refused) and this
+step's test evaluation (:func:`evaluation_setup`: the data settings other than the training-only
+ones, ``test_limit``, the resolved precision). Runs evaluated otherwise are skipped with a warning,
+and when that leaves no pair the step fails saying so (``ConfigError``). The interpolated matrix is
+set on a full-rank layer, so low-rank ends are interpolated exactly too.
 
-One record per pair of runs, ``<results_dir>/lmc/<id>.json``, written atomically: the λ grid and
-``relative_acc``, ``stitched_acc`` and ``cross_entropy`` along it. A finished record is skipped
-unless ``force=true``; a pair that fails is recorded with ``status: failed`` and the step goes on.
-``sweep.py`` only reads these records (``stitch/sweep/lmc.py``).
+One record per pair of runs, ``<results_dir>/lmc/<id>.json``, written atomically: the λ grid,
+``relative_acc``, ``stitched_acc`` and ``cross_entropy`` along it, and the sha256 of the two saved
+stitching layers (``stitch_sha256``). A finished record is skipped unless ``force=true`` or a saved
+layer changed since (the study re-run); a pair that fails is recorded with ``status: failed`` and the
+step goes on. ``sweep.py`` only reads these records (``stitch/sweep/lmc.py``).
 """
 from __future__ import annotations
 
@@ -40,24 +43,22 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import ConfigError
 from ..evaluation import evaluate
-from ..fileio import write_json
-from ..hardware import hardware_name
-from ..results import load_records
-from ..settings import StudySettings, study_settings
-from ..stitching.layers import stitch_matrix
+from ..features import resolve_precision
+from ..fileio import sha256, write_json
+from ..hardware import hardware_name, resolve_device
+from ..results import load_records, load_stitch
+from ..settings import ABSENT, DataSpec, StudySettings, study_settings
 from ..version import code_version
 from .assembly import Study, donor_key
 from .records import HOST, finished, stitch_path
 
 log = logging.getLogger(__name__)
 
-# what a run's relative accuracy depends on besides its stitching layer: an end run evaluated
-# differently would not be reproduced at λ = 0 or 1
-_EVALUATION_KEYS = ("data", "test_limit", "precision")
+# data settings that only change training (a run's stitching layer), never its test evaluation
+_TRAINING_ONLY = frozenset({"train_subset", "augment", "batch_size", "tlm_lr", "train_size"})
 
 
 def lmc_path(results_dir: str | Path, lmc_id: str) -> Path:
@@ -116,69 +117,113 @@ def _relative_acc(rec: dict) -> float | None:
     return float(v) if isinstance(v, (int, float)) else None
 
 
-def eligible_runs(s: StudySettings) -> list[dict]:
-    """This study's finished runs that can be an end of a pair (see the module docstring)."""
+def _test_setup(data: dict | None, test_limit, precision) -> dict:
+    """Flat ``{"data.<key>": ..., "test_limit": ..., "precision": ...}``; data keys the config does not
+    set take their default."""
+    data = data or {}
+    out = {f"data.{f.name}": data.get(f.name, None if f.default is ABSENT else f.default)
+           for f in dataclasses.fields(DataSpec) if f.metadata.get("results") and f.name not in _TRAINING_ONLY}
+    return {**out, "test_limit": test_limit, "precision": None if precision is None else str(precision)}
+
+
+def evaluation_setup(s: StudySettings) -> dict:
+    """What this step's test evaluation depends on besides the stitching layer and the donors: the data
+    settings other than the training-only ones, ``test_limit`` and the resolved precision. An end run
+    evaluated otherwise would not be reproduced at λ = 0 or 1."""
+    precision = resolve_precision(str(s.precision), resolve_device(s.device))
+    return _test_setup(s.identity().get("data"), s.test_limit, precision)
+
+
+def run_setup(rec: dict) -> dict:
+    """The same for a run, from its record (``config`` and the resolved ``precision`` it ran with)."""
+    cfg = rec.get("config") or {}
+    return _test_setup(cfg.get("data"), cfg.get("test_limit"), rec.get("precision"))
+
+
+def eligible_runs(s: StudySettings) -> tuple[list[dict], dict[str, list[str]]]:
+    """This study's finished runs that can be an end of a pair (see the module docstring), and the runs
+    skipped because they were evaluated otherwise than this step: {differences: [run, ...]}."""
     keys = {"model1": str(donor_key(s.model1, s.data)), "model2": str(donor_key(s.model2, s.data))}
-    ident = s.identity()
-    out = []
+    want = evaluation_setup(s)
+    out, mismatched = [], {}
     for rec in load_records(Path(s.results_dir) / "records", status="ok"):
         if not rec.get("stitch_file") or not stitch_path(s.results_dir, rec.get("run", "")).is_file():
             continue
         if any((rec.get(w) or {}).get("key") != k for w, k in keys.items()):
             continue  # another donor pair's runs in the same results directory
-        cfg = rec.get("config") or {}
-        differ = [k for k in _EVALUATION_KEYS if cfg.get(k) != ident.get(k)]
+        have = run_setup(rec)
+        differ = [f"{k}: {have[k]!r} (run) vs {want[k]!r} (this step)" for k in want if have[k] != want[k]]
         if differ:
-            log.warning("lmc: run %s was evaluated with other %s than this step (%s); pass the study's "
-                        "overrides to step=lmc. Skipping it", rec["run"], "/".join(differ),
-                        "; ".join(f"{k}: {cfg.get(k)!r} vs {ident.get(k)!r}" for k in differ))
+            mismatched.setdefault("; ".join(differ), []).append(rec["run"])
             continue
         acc = _relative_acc(rec)
         if acc is None or acc < float(s.lmc.min_relative_acc):
             continue
         out.append(rec)
-    return out
+    for why, runs in mismatched.items():
+        log.warning("lmc: skipping %d run(s) evaluated otherwise than this step (%s), e.g. %s; pass the "
+                    "study's overrides to step=lmc", len(runs), why, runs[0])
+    return out, mismatched
 
 
-def plan(s: StudySettings) -> list[tuple[str, dict, dict]]:
-    """Every (pair type, run 0, run 1) of the study, grouped by layer pair."""
+def plan(s: StudySettings) -> tuple[list[tuple[str, dict, dict]], dict[str, list[str]]]:
+    """Every (pair type, run 0, run 1) of the study, grouped by layer pair, and the runs skipped for
+    another evaluation setup (as :func:`eligible_runs`)."""
+    runs, mismatched = eligible_runs(s)
     groups: dict[tuple[str, str], list[dict]] = {}
-    for rec in eligible_runs(s):
+    for rec in runs:
         groups.setdefault((rec["layer"], rec["target_layer"]), []).append(rec)
     jobs = []
     for _, group in sorted(groups.items()):
         jobs += pairs_of(group, list(s.lmc.pairs), int(s.lmc.max_pairs))
-    return jobs
+    return jobs, mismatched
 
 
 def run_lmc(cfg: dict | StudySettings) -> list[dict]:
-    """The LMC step of a study (``stitch.py step=lmc``); one record per pair of runs, [] when no pairs."""
+    """The LMC step of a study (``stitch.py step=lmc``); one record per pair of runs, [] when no pairs.
+    ``ConfigError`` when there are none because runs were evaluated otherwise than this step."""
     s = study_settings(cfg)
     grid = lmc_grid(s.lmc.lambdas)
-    jobs = plan(s)
+    jobs, mismatched = plan(s)
     if not jobs:
+        if mismatched:
+            n = sum(len(r) for r in mismatched.values())
+            raise ConfigError(
+                f"no eligible pairs of saved stitching layers in {s.results_dir}: {n} finished run(s) with saved "
+                f"stitching layers were skipped because this step would evaluate them otherwise than they were "
+                f"({' | '.join(mismatched)}). Run step=lmc with the study's overrides (store=, data, test_limit, "
+                f"precision, device)")
         return []
     records: dict[str, dict] = {}
-    todo: list[tuple[str, str, dict, dict]] = []
+    todo: list[tuple[str, str, dict, dict, list[str]]] = []
+    hashes: dict[str, str] = {}  # run -> sha256 of its saved stitching layer
     for ptype, a, b in jobs:
         name = lmc_id(ptype, a, b, grid)
+        for r in (a, b):
+            if r["run"] not in hashes:
+                hashes[r["run"]] = sha256(stitch_path(s.results_dir, r["run"]))
+        shas = [hashes[a["run"]], hashes[b["run"]]]
         done = None if s.force else finished(lmc_path(s.results_dir, name))
+        if done is not None and done.get("stitch_sha256") != shas:
+            log.info("lmc %s: a saved stitching layer changed since its record (the study was re-run); redoing it",
+                     name)
+            done = None
         if done is not None:
             log.info("skip lmc %s (finished; force=true reruns)", name)
             records[name] = done
         else:
-            todo.append((name, ptype, a, b))
+            todo.append((name, ptype, a, b, shas))
     if todo:
         # the donors must be the files the runs used: never train a missing one here
         quiet = dataclasses.replace(s, donor=dataclasses.replace(s.donor, train_missing=False))
-        layer_pairs = list(dict.fromkeys((a["layer"], a["target_layer"]) for _, _, a, _ in todo))
+        layer_pairs = list(dict.fromkeys((a["layer"], a["target_layer"]) for _, _, a, _, _ in todo))
         study = Study.assemble(quiet, pairs=layer_pairs)
         for L, M in layer_pairs:
             nets: dict = {}
-            for name, ptype, a, b in todo:
+            for name, ptype, a, b, shas in todo:
                 if (a["layer"], a["target_layer"]) != (L, M) or not _same_donors(study, a, b):
                     continue
-                records[name] = _pair(study, s, nets, name, ptype, a, b, grid)
+                records[name] = _pair(study, s, nets, name, ptype, a, b, grid, shas)
             if study.cache is not None and len(layer_pairs) > 1:
                 study.cache.clear()  # this layer pair's activations are not needed again
     return [records[n] for n in (lmc_id(t, a, b, grid) for t, a, b in jobs) if n in records]
@@ -197,7 +242,7 @@ def _same_donors(study: Study, *recs: dict) -> bool:
 
 
 def _pair(study: Study, s: StudySettings, nets: dict, name: str, ptype: str, a: dict, b: dict,
-          grid: list[float]) -> dict:
+          grid: list[float], shas: list[str]) -> dict:
     """Evaluate one pair along the λ grid and write its record."""
     L, M = a["layer"], a["target_layer"]
     donor = lambda rec, w: {k: (rec.get(w) or {}).get(k) for k in ("key", "name", "seed", "options", "sha256")}  # noqa: E731
@@ -206,7 +251,7 @@ def _pair(study: Study, s: StudySettings, nets: dict, name: str, ptype: str, a: 
            "variant0": a.get("variant"), "variant1": b.get("variant"), "seed0": a.get("seed"), "seed1": b.get("seed"),
            "layer": L, "target_layer": M, "data": s.data.name, "model1": donor(a, "model1"),
            "model2": donor(a, "model2"), "end_relative_acc": [_relative_acc(a), _relative_acc(b)],
-           "lambdas": grid, "code_version": code_version(), "device": str(study.device),
+           "stitch_sha256": shas, "lambdas": grid, "code_version": code_version(), "device": str(study.device),
            "precision": study.precision, "hardware": hardware_name(study.device), "host": HOST, "pid": os.getpid(),
            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     t = time.time()
@@ -215,7 +260,8 @@ def _pair(study: Study, s: StudySettings, nets: dict, name: str, ptype: str, a: 
             nets["ctx"] = ctx = study.pair(L, M)
             nets["net"] = ctx.new_network()
         ctx, net = nets["ctx"], nets["net"]
-        (W0, b0), (W1, b1) = (_affine(stitch_path(s.results_dir, r["run"])) for r in (a, b))
+        (W0, b0), (W1, b1) = ((W.double(), bias.double()) for W, bias in
+                              (load_stitch(stitch_path(s.results_dir, r["run"])) for r in (a, b)))
         curves: dict[str, list] = {"relative_acc": [], "stitched_acc": [], "cross_entropy": []}
         for lam in grid:
             net.stitch.set_affine(((1 - lam) * W0 + lam * W1).float(), ((1 - lam) * b0 + lam * b1).float())
@@ -233,11 +279,6 @@ def _pair(study: Study, s: StudySettings, nets: dict, name: str, ptype: str, a: 
     rec["timings"] = {"eval_s": time.time() - t, "study_load_s": study.load_s}
     write_json(lmc_path(s.results_dir, name), rec)
     return rec
-
-
-def _affine(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: never runs code
-    return stitch_matrix(state).double(), state["bias"].double()
 
 
 def format_lmc_table(records: list[dict]) -> str:

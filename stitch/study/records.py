@@ -16,7 +16,7 @@ import socket
 from pathlib import Path
 
 from .. import store
-from ..fileio import read_json
+from ..results import read_record
 from ..settings import StudySettings
 
 HOST = socket.gethostname()
@@ -45,17 +45,19 @@ def stitch_path(results_dir: str | Path, run: str) -> Path:
 def finished(path: Path) -> dict | None:
     """The record at ``path`` if it is a finished (ok) run, else None."""
     try:
-        rec = read_json(path)
+        rec = read_record(path)
     except (OSError, ValueError):
         return None
     return rec if rec.get("status") == "ok" else None
 
 
 def done_before(results_dir: str | Path, run: str, *, force: bool, save_stitch: bool,
-                since: float | None = None) -> dict | None:
+                since: float | None = None, precision: str | None = None) -> dict | None:
     """The finished record of a run that need not be done again, else None.
 
-    Without ``force``: any finished record (with its stitching layer when ``save_stitch``). With
+    Without ``force``: any finished record (with its stitching layer when ``save_stitch``) computed at
+    the same resolved ``precision`` (``precision=auto`` is bf16 on a GPU, 32 on a CPU: one run id, so a
+    CPU record is redone, and replaced, on a GPU rather than reused). With
     ``force`` (``since`` = when this study started): only a record another process wrote since,
     i.e. a concurrent process of the same forced sweep did the run already."""
     path = record_path(results_dir, run)
@@ -63,6 +65,8 @@ def done_before(results_dir: str | Path, run: str, *, force: bool, save_stitch: 
         done = finished(path)
         if done is not None and save_stitch and not stitch_path(results_dir, run).is_file():
             return None  # finished before save_stitch was on: redo it to get the stitching layer
+        if done is not None and precision is not None and done.get("precision") not in (None, precision):
+            return None
         return done
     if since is None:
         return None

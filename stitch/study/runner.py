@@ -65,9 +65,11 @@ def _run(study: Study, ctx: PairContext, name: str, progress: StudyProgress, wan
     L, M = ctx.L, ctx.M
     slug, semantic = run_identity(s, L, M, name)
     label = f"layer={L} -> {M} {name}"
+    # positions in the networks' forward order: figures sort layers by them without building a network
     head = {"run": slug, "study": s.study, "layer": L, "target_layer": M, "method": name, "kind": m.kind,
-            "variant": m.name, "seed": s.seed}
-    done = done_before(s.results_dir, slug, force=s.force, save_stitch=s.save_stitch)
+            "variant": m.name, "seed": s.seed, "layer_index": ctx.m1.layers.index(L),
+            "target_layer_index": ctx.m2.layers.index(M)}
+    done = done_before(s.results_dir, slug, force=s.force, save_stitch=s.save_stitch, precision=study.precision)
     if done is not None:
         log.info("skip %s (finished; force=true reruns)", slug)
         progress.skip(label, "skipped (finished)")
@@ -143,8 +145,8 @@ def _fit_and_evaluate(study: Study, ctx: PairContext, name: str, slug: str, run_
 # tlm/epoch, tracked steps as track/* over track/step, metrics in the summary. W&B problems
 # become warnings in the record (stitch/loggers.py); they never stop the study.
 def _wandb_config(s: StudySettings) -> dict | None:
-    lcfg = s.logger or {}
-    if lcfg.get("name") != "wandb":
+    lcfg = s.logger.as_dict()
+    if s.logger.name != "wandb":
         return None
     from ..loggers import decide_wandb_mode
 

@@ -40,10 +40,11 @@ log = logging.getLogger(__name__)
 DEFAULT_SEED_KEYS = ("seed", "model1.seed", "model2.seed")
 # columns copied from the record's top level as they are
 _TOP = ("run", "study", "layer", "target_layer", "method", "kind", "variant", "seed", "data", "self_stitch", "status",
-        "error", "code_version", "device", "precision", "hardware", "started", "stitch_file")
+        "error", "code_version", "device", "precision", "hardware", "started", "stitch_file", "layer_index",
+        "target_layer_index")
 # columns that describe a run but are not results: never averaged
 _NOT_METRICS = {"seed", "model1.seed", "model2.seed", "model1.test_acc", "model2.test_acc", "eval_samples",
-                "fit.steps"}
+                "fit.steps", "layer_index", "target_layer_index"}
 
 
 @dataclass

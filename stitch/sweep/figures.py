@@ -18,7 +18,6 @@ import logging
 import math
 import textwrap
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +29,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 
+from ..results import load_stitch  # noqa: E402
 from ..sorting import natural_key  # noqa: E402
 from .labels import method_label  # noqa: E402
 from .lmc import lmc_dirs, lmc_files, lmc_table  # noqa: E402
@@ -133,36 +133,16 @@ def _order_methods(methods) -> list[str]:
     return sorted(set(methods), key=_method_rank)
 
 
-@lru_cache(maxsize=64)
-def _model_layers(name: str, options_json: str) -> tuple[str, ...] | None:
-    import json
+def layer_order(df: pd.DataFrame, column: str = "layer") -> list[str]:
+    """Layers present in ``df[column]`` in the network's forward order.
 
-    import torch
-
-    from .. import models
-
-    try:
-        with torch.device("meta"):  # layer names only: no memory for the weights
-            net = models.build(name, num_classes=10, **json.loads(options_json or "{}"))
-        return tuple(net.layers)
-    except Exception as e:  # an unknown family or options: fall back to natural order
-        log.debug("layer order of %s from names (%s)", name, e)
-        return None
-
-
-def layer_order(df: pd.DataFrame, column: str = "layer", which: str = "model1") -> list[str]:
-    """Layers present in ``df[column]`` in the network's forward order."""
-    import json
-
-    present = [x for x in pd.unique(df[column].dropna())]
-    order = None
-    if f"{which}.name" in df and len(df):
-        opts = {c.split(".", 2)[2]: df[c].iloc[0] for c in df.columns if c.startswith(f"{which}.options.")
-                and pd.notna(df[c].iloc[0])}
-        order = _model_layers(str(df[f"{which}.name"].iloc[0]), json.dumps(opts, sort_keys=True, default=str))
-    if order:
-        rank = {n: i for i, n in enumerate(order)}
-        return sorted(present, key=lambda n: (rank.get(n, len(rank)), natural_key(n)))
+    Records hold each layer's position in its network (``layer_index``, ``target_layer_index``);
+    records written before they did are put in natural order (``bn2`` before ``bn10``)."""
+    present = list(pd.unique(df[column].dropna()))
+    index = f"{column}_index"
+    if index in df:
+        rank = df.dropna(subset=[index]).groupby(column)[index].first().to_dict()
+        return sorted(present, key=lambda n: (rank.get(n, float("inf")), natural_key(n)))
     return sorted(present, key=natural_key)
 
 
@@ -539,20 +519,11 @@ def _is_sparse(df: pd.DataFrame) -> pd.Series:
             | ((col(df, "kind") == "dm") & (col(df, "method_config.solver") == "lasso")))
 
 
-def _load_stitch(path) -> dict | None:
-    import torch
-
+def _load_stitch(path):
+    """The C_in x C_out matrix W of a run's saved stitching layer (full or low rank); None without one."""
     if not isinstance(path, str) or not Path(path).is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)  # tensors only: never runs code
-
-
-def stitch_matrix(state: dict):
-    """The C_in x C_out stitching matrix of a saved stitching layer (full or low rank)."""
-    # torch and the stitching layers: imported when a figure needs them
-    from ..stitching.layers import stitch_matrix as matrix
-
-    return matrix(state)
+    return load_stitch(path)[0]
 
 
 def fill_sparsity(df: pd.DataFrame) -> pd.DataFrame:
@@ -563,11 +534,11 @@ def fill_sparsity(df: pd.DataFrame) -> pd.DataFrame:
         df["fit.sparsity"] = np.nan
     missing = df["fit.sparsity"].isna() & col(df, "stitch_path").notna()
     for i in df.index[missing]:
-        state = _load_stitch(df.at[i, "stitch_path"])
-        if state is not None:
+        W = _load_stitch(df.at[i, "stitch_path"])
+        if W is not None:
             thr = df.at[i, "method_config.zero_threshold"] if "method_config.zero_threshold" in df else None
             thr = 1e-4 if thr is None or pd.isna(thr) else float(thr)
-            df.at[i, "fit.sparsity"] = float((stitch_matrix(state).abs() < thr).float().mean())
+            df.at[i, "fit.sparsity"] = float((W.abs() < thr).float().mean())
     return df
 
 
@@ -615,11 +586,12 @@ def p1_fig8(ctx: FigureContext) -> list[Path]:
                 for j in range(3):
                     mx = sf.add_subplot(gs[r, 1 + j])
                     mx.grid(False)
-                    if j >= len(picks):
+                    row = picks.iloc[j] if j < len(picks) else None
+                    W = None if row is None else _load_stitch(row["stitch_path"])
+                    if W is None:  # fewer examples, or the saved layer is gone
                         mx.axis("off")
                         continue
-                    row = picks.iloc[j]
-                    W = stitch_matrix(_load_stitch(row["stitch_path"])).abs().numpy()
+                    W = W.abs().numpy()
                     mx.imshow(W.T, cmap="Greys", aspect="auto", interpolation="nearest",
                               vmin=0, vmax=float(np.quantile(W, 0.99)) or 1.0)
                     mx.set_xticks([])
@@ -759,8 +731,8 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
                 ax.axis("off")
                 continue
             mat = gm.pivot_table(index="layer", columns="target_layer", values=f"{metric}.mean",
-                                 aggfunc="mean", dropna=False).reindex(index=layer_order(gp, "layer", "model1"),
-                                                                      columns=layer_order(gp, "target_layer", "model2"))
+                                 aggfunc="mean", dropna=False).reindex(index=layer_order(gp, "layer"),
+                                                                      columns=layer_order(gp, "target_layer"))
             what = "relative accuracy" if kind == "acc" else "OOD AUROC"
             heatmap(ax, mat, kind, f"{_labels(gm).iloc[0]}: {what}\n{pair}", annotate)
         for c in range(len(row), ncols):
