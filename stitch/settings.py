@@ -235,6 +235,8 @@ class DataSpec(Section):
     cache: bool = setting(BOOL, results=False)
     num_workers: int = setting(NONNEG_INT, results=False)
     layout: str = setting(one_of("auto", "torchvision", "folder", "npz"), results=False)
+    # batch_size, augment (donor training) and tlm_lr (it reaches TLM runs as tlm.lr) do not change a stitching
+    # result; they stay in the identity as earlier versions hashed them, so finished runs keep their ids
     batch_size: int = setting(POS_INT)
     normalize: bool = setting(BOOL, True)
     augment: bool = setting(BOOL)
@@ -265,7 +267,7 @@ class DataSpec(Section):
 class TLMSettings(Section):
     title: ClassVar[str] = "TLM settings"
     kind: str = setting(one_of("tlm"), "tlm")
-    name: str | None = setting(TEXT, None)
+    name: str | None = setting(TEXT, None)  # a label; hashed as earlier versions did (finished runs keep their ids)
     loss: str = setting(one_of("hard", "soft"), "hard")
     temperature: float = setting(POSITIVE, 1.0)
     init: str = setting(one_of("random", "identity", "dm", "ls"), "random")
@@ -420,6 +422,8 @@ class StudySettings(Section):
     tlm: dict = setting(MAPPING, None, results=False)  # the sources of method.tlm / method.dm
     dm: dict = setting(MAPPING, None, results=False)
     device: str = setting(DEVICE, "auto", results=False)
+    # hashed as set (auto, not bf16/32); a finished record is reused only at the same resolved precision
+    # (stitch/study/records.py: done_before)
     precision: str | int = setting(PRECISION, "auto")
     batch_size: int = setting(POS_INT, 256, results=False)
     fold_batchnorm: bool = setting(BOOL, True, results=False)  # equal within float32 rounding

@@ -249,7 +249,7 @@ def _pair(study: Study, s: StudySettings, nets: dict, name: str, ptype: str, a: 
     rec = {"lmc": name, "study": s.study, "pair_type": ptype, "run0": a["run"], "run1": b["run"],
            "method0": a.get("method"), "method1": b.get("method"), "kind0": a.get("kind"), "kind1": b.get("kind"),
            "variant0": a.get("variant"), "variant1": b.get("variant"), "seed0": a.get("seed"), "seed1": b.get("seed"),
-           "layer": L, "target_layer": M, "data": s.data.name, "model1": donor(a, "model1"),
+           "layer": L, "target_layer": M, "layer_index": a.get("layer_index"), "data": s.data.name, "model1": donor(a, "model1"),
            "model2": donor(a, "model2"), "end_relative_acc": [_relative_acc(a), _relative_acc(b)],
            "stitch_sha256": shas, "lambdas": grid, "code_version": code_version(), "device": str(study.device),
            "precision": study.precision, "hardware": hardware_name(study.device), "host": HOST, "pid": os.getpid(),

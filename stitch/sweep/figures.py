@@ -633,13 +633,14 @@ def p1_lmc(ctx: FigureContext) -> list[Path]:
     colors = {"seeds": TLM_COLOR, "methods": "#8e44ad"}
     for ax, L in zip(axes.flat, layers):
         g = table[table["layer"] == L]
+        counts = []
         for ptype, gp in g.groupby("pair_type"):
             for label, gl in gp.groupby("pair_label"):
                 s = gl.groupby("lambda")["relative_acc"].agg(["mean", "std", "count"]).reset_index()
-                n = gl["pair"].nunique()
-                band(ax, s["lambda"], s["mean"], s["std"], colors.get(ptype, "#444444"), f"{label} ({n} pairs)",
-                     marker=".")
-        ax.set_title(L)
+                band(ax, s["lambda"], s["mean"], s["std"], colors.get(ptype, "#444444"), label, marker=".")
+            counts.append(f"{gp['pair'].nunique()} {ptype}")
+        # the legend is shared by the panels; how many pairs each curve averages goes in the panel's title
+        ax.set_title(f"{L} (pairs: {', '.join(counts)})", fontsize="medium")
         ax.set_xlabel("λ in W(λ) = (1-λ)·W₀ + λ·W₁")
         ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0", "", "0.5", "", "1"])
     _finish_layer_grid(fig, axes, len(layers), "relative accuracy")

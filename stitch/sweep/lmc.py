@@ -20,7 +20,7 @@ from .labels import method_label
 log = logging.getLogger(__name__)
 
 COLUMNS = ["pair_type", "pair_label", "pair", "run0", "run1", "method0", "method1", "layer", "target_layer",
-           "model1.tag", "model1.name", "lambda", "relative_acc", "stitched_acc", "cross_entropy"]
+           "layer_index", "model1.tag", "model1.name", "lambda", "relative_acc", "stitched_acc", "cross_entropy"]
 
 
 def lmc_dirs(runs: pd.DataFrame) -> list[Path]:
@@ -72,7 +72,7 @@ def lmc_table(dirs: Iterable[str | Path]) -> pd.DataFrame:
         head = {"pair_type": rec.get("pair_type"), "pair_label": pair_label(rec),
                 "pair": f"{rec['run0']}|{rec['run1']}", "run0": rec["run0"], "run1": rec["run1"],
                 "method0": rec.get("method0"), "method1": rec.get("method1"), "layer": rec.get("layer"),
-                "target_layer": rec.get("target_layer"), "model1.tag": _tag(m1), "model1.name": m1.get("name")}
+                "target_layer": rec.get("target_layer"), "layer_index": rec.get("layer_index"), "model1.tag": _tag(m1), "model1.name": m1.get("name")}
         curves = {k: list(rec.get(k) or []) for k in ("relative_acc", "stitched_acc", "cross_entropy")}
         for i, lam in enumerate(rec.get("lambdas") or []):
             rows.append({**head, "lambda": float(lam), **{k: v[i] if i < len(v) else None for k, v in curves.items()}})
