@@ -484,6 +484,11 @@ class StudySettings(Section):
     def self_stitch_possible(self) -> bool:
         return self.model1.name == self.model2.name and self.model1.options == self.model2.options
 
+    def cross_check(self, prefix: str, problems: Problems) -> None:
+        if self.logger is not None and self.logger.name == "csv":  # Lightning's CSV logger: donor training only
+            problems.add("logger.name", "csv", "none or wandb for stitching studies (csv logs donor training: "
+                                               "python train_models.py logger=csv)")
+
     def identity(self) -> dict:
         out = super().identity()
         if not self.ood.enabled:

@@ -155,6 +155,7 @@ BAD = [
     (["logger.name=wandbb"], "logger.name='wandbb': expected one of none, csv, wandb"),
     (["donor.optim.lr=-1"], "donor.optim.lr=-1: expected a finite number > 0"),
     (["+method.tlm.foo=1"], "method.tlm="),
+    (["logger=csv"], "logger.name='csv': expected none or wandb for stitching studies"),
 ]
 
 
