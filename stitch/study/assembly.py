@@ -169,7 +169,7 @@ class Study:
         for L, M in pairs:  # incompatible layers are a configuration error: reject before running anything
             build_stitching_layer(d1.net.layer_shapes(data.input_shape)[L], d2.net.layer_shapes(data.input_shape)[M])
         if fast_path:
-            _fast_path(s, d1, d2, pairs)
+            _fast_path(d1, d2, pairs, fold=s.fold_batchnorm, channels_last=s.channels_last)
         cache = ActivationCache(cache_budget_bytes(s.cache, device)) if s.cache.enabled else None
         ood_cache = None
         if s.ood.enabled:
@@ -198,9 +198,9 @@ class Study:
                 self.cache.clear()  # layer=all without a matrix: activations of this pair are not needed again
 
 
-def _fast_path(s: StudySettings, d1: Donor, d2: Donor, pairs: list[tuple[str, str]]) -> None:
+def _fast_path(d1: Donor, d2: Donor, pairs: list[tuple[str, str]], *, fold: bool, channels_last: bool) -> None:
     """The frozen donors' fast path, in place: BatchNorm folded into the convs, channels-last."""
-    if s.fold_batchnorm:  # float32-equal, faster
+    if fold:  # float32-equal, faster
         from ..models.fold import fold_batchnorm
 
         if d2 is d1:
@@ -208,7 +208,7 @@ def _fast_path(s: StudySettings, d1: Donor, d2: Donor, pairs: list[tuple[str, st
         else:
             d1.net = fold_batchnorm(d1.net, {L for L, _ in pairs})
             d2.net = fold_batchnorm(d2.net, {M for _, M in pairs})
-    if s.channels_last:  # NHWC convolutions: faster on CPUs (oneDNN) and GPUs with AMP
+    if channels_last:  # NHWC convolutions: faster on CPUs (oneDNN) and GPUs with AMP
         from ..models.fold import to_channels_last
 
         for d in {id(d1): d1, id(d2): d2}.values():

@@ -32,7 +32,7 @@ from ..fileio import save_torch, write_json
 from ..hardware import hardware_name
 from ..matching.fitting import PairContext, fit_direct, fit_task_loss
 from ..progress import StudyProgress
-from ..settings import StudySettings, study_settings
+from ..settings import LoggerSettings, StudySettings, study_settings
 from ..version import code_version
 from .assembly import Study
 from .records import HOST, done_before, finished, record_path, run_identity, stitch_path
@@ -47,7 +47,7 @@ def run_study(cfg: dict | StudySettings) -> list[dict]:
     study = Study.assemble(s)
     records: list[dict] = []
     progress = StudyProgress(len(study.layer_pairs) * len(s.method), every_s=float(s.progress_every_s), start=t0)
-    wandb_cfg = _wandb_config(s)  # online or offline is decided here, once
+    wandb_cfg = _wandb_config(s.logger, s.study)  # online or offline is decided here, once
     study_start = time.time()
     for ctx in study.pairs():
         for name in s.method:
@@ -144,13 +144,13 @@ def _fit_and_evaluate(study: Study, ctx: PairContext, name: str, slug: str, run_
 # method, name = the run id, config = the run's semantic config; TLM epochs as tlm/* over
 # tlm/epoch, tracked steps as track/* over track/step, metrics in the summary. W&B problems
 # become warnings in the record (stitch/loggers.py); they never stop the study.
-def _wandb_config(s: StudySettings) -> dict | None:
-    lcfg = s.logger.as_dict()
-    if s.logger.name != "wandb":
+def _wandb_config(logger: LoggerSettings, study: str) -> dict | None:
+    lcfg = logger.as_dict()
+    if logger.name != "wandb":
         return None
     from ..loggers import decide_wandb_mode
 
-    wcfg = {**lcfg, "group": lcfg.get("group") or s.study}
+    wcfg = {**lcfg, "group": lcfg.get("group") or study}
     decide_wandb_mode(wcfg)  # a missing network costs one short check per process, not a timeout per run
     return wcfg
 
