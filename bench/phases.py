@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import os
 import sys
 import time
 from collections import defaultdict

@@ -17,7 +17,6 @@ All results are float64.  See ``stitch.matching.direct`` for the numerical desig
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .direct import (

@@ -251,7 +251,7 @@ def detector_config(ood_cfg: dict | None) -> DetectorConfig:
     )
     if cfg.epochs + cfg.energy_epochs == 0:
         raise ConfigError("ood.energy.epochs=0: expected an integer >= 1 when ood.detector.epochs=0 "
-                          f"(with both 0 the detector would be untrained)")
+                          "(with both 0 the detector would be untrained)")
     if not cfg.m_in < cfg.m_out:
         raise ConfigError(f"ood.energy.m_in={cfg.m_in!r}: expected a number below ood.energy.m_out={cfg.m_out!r} "
                           f"(in-distribution energies are pushed low, outliers high)")
