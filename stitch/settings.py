@@ -76,7 +76,7 @@ BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
 POSITIVE = Rule(lambda v: _number(v) and v > 0, "a finite number > 0")
 NONNEG = Rule(lambda v: _number(v) and v >= 0, "a finite number >= 0")
 NUMBER = Rule(_number, "a finite number")
-TEXT = Rule(lambda v: v is None or isinstance(v, str), "a string")
+TEXT = Rule(lambda v: v is None or isinstance(v, str), "a string or null")
 NAME = Rule(lambda v: isinstance(v, str) and v != "", "a name")
 PATH = Rule(lambda v: isinstance(v, str) and v != "", "a path")
 MAPPING = Rule(lambda v: v is None or isinstance(v, dict), "a group of settings (key: value) or null")
@@ -346,8 +346,6 @@ class OODSettings(Section):
                 except ConfigError as e:
                     problems.append(str(e))
 
-    def identity(self) -> dict:
-        return super().identity() if self.enabled else {}
 
 
 @dataclass(frozen=True)
@@ -593,19 +591,19 @@ def check_layers(s: StudySettings, num_classes: int, input_shape: tuple[int, ...
                             f"({s.model2.name}) has no layer {missing[0]!r}; pass target_layer=<name> "
                             f"or all (model2 layers: {', '.join(nets['model2'].layers)})")
     if not problems and input_shape is not None:
-        problems += _rank_problems(s, nets, selected, tuple(input_shape))
+        problems += _rank_problems(s, nets, tuple(input_shape))
     _raise(problems)
 
 
-def _rank_problems(s: StudySettings, nets: dict, selected: dict, input_shape: tuple[int, ...]) -> list[str]:
+def _rank_problems(s: StudySettings, nets: dict, input_shape: tuple[int, ...]) -> list[str]:
     """A low-rank layer (TLM ``rank``, DM ``solver=rank``) of rank above min(C_in, C_out) is not low rank."""
+    from .study.assembly import layer_pairs  # the study's own expansion of layer/target_layer
+
     ranked = {name: m.rank for name, m in s.method.items()
               if m.rank is not None and (m.kind == "tlm" or m.solver == "rank")}
     if not ranked:
         return []
-    sources = selected.get("layer", [])
-    targets = selected.get("target_layer") or sources
-    pairs = list(zip(sources, sources)) if s.target_layer is None else [(L, M) for L in sources for M in targets]
+    pairs = layer_pairs(s.layer, s.target_layer, nets["model1"], nets["model2"])
     shapes1, shapes2 = nets["model1"].layer_shapes(input_shape), nets["model2"].layer_shapes(input_shape)
     channels = lambda shape: shape[0] if len(shape) == 3 else shape[-1]  # noqa: E731 - conv C x H x W, tokens T x D
     most = min(min(channels(shapes1[L]), channels(shapes2[M])) for L, M in pairs)

@@ -121,7 +121,8 @@ def layer_pairs(layer, target_layer, m1: StitchableNetwork, m2: StitchableNetwor
 def cache_budget_bytes(cache: CacheSettings, device: torch.device) -> int:
     budget = cache.budget_gb
     if budget == "auto":
-        # CPU: a third of the RAM (paper 1's Tiny-10 at bn1 needs 5.8 GB for A and B: streaming it costs 4x)
+        # CPU: a third of the RAM, at least 4 GiB (paper 1's Tiny-10 at bn1 needs 5.8 GB for A and B: streaming
+        # it costs 4x)
         budget = (0.5 * torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda"
                   else max(4.0, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 3 / 2**30))
     return int(float(budget) * 2**30)

@@ -48,7 +48,7 @@ def run_study(cfg: dict | StudySettings) -> list[dict]:
     records: list[dict] = []
     progress = StudyProgress(len(study.layer_pairs) * len(s.method), every_s=float(s.progress_every_s), start=t0)
     wandb_cfg = _wandb_config(s.logger, s.study)  # online or offline is decided here, once
-    study_start = time.time()
+    study_start = t0  # with force, a record another process wrote since then is that process's work
     for ctx in study.pairs():
         for name in s.method:
             records.append(_run(study, ctx, name, progress, wandb_cfg, study_start))
