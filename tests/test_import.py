@@ -178,3 +178,19 @@ def test_repair_hint_of_a_damaged_import_is_the_forced_import(donor_store, tmp_p
     with pytest.raises(CheckpointError, match=f"import {f.resolve()} --data synthetic --model tiny10 "
                                               f"--option padding=kornblith --name ext0 --force"):
         store.load(key, st)
+
+
+def test_import_cli_bad_arguments_are_one_line_in_its_own_syntax(tmp_path, capsys):
+    """A bad regex names the option; a missing data set's hint speaks the store CLI (--data-root), not Hydra."""
+    from stitch.store.__main__ import main
+
+    f = tmp_path / "w.pt"
+    torch.save(models.build("tiny10", 10).state_dict(), f)
+    base = ["--store", str(tmp_path / "store"), "import", str(f), "--model", "tiny10", "--name", "a"]
+    assert main([*base, "--data", "digits", "--rename", "([=x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --rename '([': not a regular expression") and "Traceback" not in err
+    assert main([*base, "--data", "cifar10", "--data-root", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "--data-root <dir>" in err and "data.root=" not in err
+    assert not (tmp_path / "store").exists()

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 
-from ..errors import StitchError
+from ..errors import DataNotFoundError, StitchError
 from . import DonorKey, load, store_root
 from .importing import PRESETS, group_config, import_checkpoint, key_values, model_config
 
@@ -38,6 +38,11 @@ def _import(args) -> int:
     renames = [tuple(r.split("=", 1)) for r in args.rename]
     if any(len(r) != 2 for r in renames):
         raise ValueError("--rename must look like REGEX=REPLACEMENT")
+    for pattern, _ in renames:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"--rename {pattern!r}: not a regular expression ({e})") from None
     from ..hardware import resolve_device
 
     device = resolve_device(args.device)
@@ -123,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return args.fn(args)
+    except DataNotFoundError as e:  # its hint speaks Hydra (data.root=...); here the option is --data-root
+        print(f"error: {str(e).replace('data.root=', '--data-root ')}", file=sys.stderr)
+        return 2
     except (StitchError, ValueError, TypeError, re.error) as e:  # bad input: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2
