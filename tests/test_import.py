@@ -1,6 +1,7 @@
 """Importing external checkpoints into the model store, and stitching imported donors."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -44,10 +45,13 @@ def test_imported_donor_keeps_accuracy_and_provenance(donor_store, tmp_path):
     store.load(key, tmp_path / "store")  # hash-checked like any donor
 
 
-def test_mismatched_import_names_every_bad_key(donor_store, tmp_path):
+def test_mismatched_import_names_the_bad_keys_and_the_fix(donor_store, tmp_path):
     f = _trained_file(donor_store, tmp_path, prefix="module.")
-    with pytest.raises(CheckpointError, match=r"missing keys: bn1.bias, .*unexpected keys: module.bn1.bias"):
+    with pytest.raises(CheckpointError, match=r"missing keys: bn1.bias, .*unexpected keys: module.bn1.bias") as e:
         import_checkpoint(f, data_cfg=SYNTH, model_cfg=model_config("tiny10"), name="x", store_root=tmp_path / "s")
+    # a whole-model mismatch lists a few keys and a count, then says which option fixes it
+    assert re.search(r"missing keys: (\S+, ){7}\S+, … \(\d+ more\)", str(e.value)), str(e.value)
+    assert "carry the prefix 'module.' (a training wrapper's): import with --strip-prefix module." in str(e.value)
     with pytest.raises(CheckpointError, match=r"shape mismatches: conv1.weight \(16, 3, 3, 3\) != \(32, 3, 3, 3\)"):
         import_checkpoint(f, data_cfg=SYNTH, model_cfg=model_config("tiny10", {"width": 2}), name="x",
                           store_root=tmp_path / "s", strip_prefix=["module."])

@@ -175,12 +175,32 @@ def match_state(net: torch.nn.Module, state: dict, path: Path | str, redo: str) 
     shapes = [f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in expected
               if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or shapes:
-        parts = [f"missing keys: {', '.join(missing)}" if missing else "",
-                 f"unexpected keys: {', '.join(unexpected)}" if unexpected else "",
-                 f"shape mismatches: {'; '.join(shapes)}" if shapes else ""]
-        raise CheckpointError(f"checkpoint {path} does not match the model ({' | '.join(p for p in parts if p)}); "
-                              f"{redo}")
+        parts = [f"missing keys: {_some(missing, ', ')}" if missing else "",
+                 f"unexpected keys: {_some(unexpected, ', ')}" if unexpected else "",
+                 f"shape mismatches: {_some(shapes, '; ')}" if shapes else ""]
+        prefix = _wrapper_prefix(missing, unexpected)
+        hint = (f"; the file's keys carry the prefix {prefix!r} (a training wrapper's): import with --strip-prefix "
+                f"{prefix}" if prefix else "")
+        raise CheckpointError(f"checkpoint {path} does not match the model ({' | '.join(p for p in parts if p)})"
+                              f"{hint}; {redo}")
     net.load_state_dict(state)
+
+
+def _some(items: list[str], sep: str, most: int = 8) -> str:
+    """The first ``most`` items: a whole-model mismatch would otherwise list a hundred keys."""
+    more = f"{sep}… ({len(items) - most} more)" if len(items) > most else ""
+    return sep.join(items[:most]) + more
+
+
+def _wrapper_prefix(missing: list[str], unexpected: list[str]) -> str | None:
+    """``module.`` (DataParallel), ``model.`` (Lightning), …: a prefix that turns every missing key into a file key."""
+    if not missing or not unexpected:
+        return None
+    ends = [u[: -len(missing[0])] for u in unexpected if u.endswith(missing[0]) and u != missing[0]]
+    for prefix in ends:
+        if all(prefix + m in set(unexpected) for m in missing):
+            return prefix
+    return None
 
 
 def _redo(key: DonorKey, meta: dict, root: str | Path | None) -> str:
