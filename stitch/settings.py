@@ -111,9 +111,20 @@ def setting(rule: Rule, default: Any = ABSENT, *, results: bool = True, identity
     return field(default=default, metadata={"rule": rule, "results": results, "identity_default": identity_default})
 
 
+def shown(value: Any) -> str:
+    """A value as the user writes it in an override: true, null, 'text', [a, b], {k: v}."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(shown(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {shown(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
 class Problems(list):
     def add(self, key: str, value: Any, allowed: str) -> None:
-        self.append(f"{key}={value!r}: expected {allowed}")
+        self.append(f"{key}={shown(value)}: expected {allowed}")
 
 
 @dataclass(frozen=True)
@@ -138,7 +149,7 @@ class Section:
             return None
         names = cls.keys()
         before = len(problems)
-        problems += [f"{prefix}{k}={raw[k]!r}: unknown key; {where} keys are: {', '.join(names)}"
+        problems += [f"{prefix}{k}={shown(raw[k])}: unknown key; {where} keys are: {', '.join(names)}"
                      for k in raw if k not in names]
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -217,7 +228,7 @@ class ModelSpec(Section):
             problems.add(f"{prefix}name", self.name, f"one of {', '.join(models.list_models())}")
             return
         valid = models.options_of(self.name)
-        problems += [f"{prefix}options.{k}={v!r}: unknown option of {self.name}; its options are: "
+        problems += [f"{prefix}options.{k}={shown(v)}: unknown option of {self.name}; its options are: "
                      f"{', '.join(valid) or 'none'}" for k, v in (self.options or {}).items() if k not in valid]
 
 
@@ -259,7 +270,7 @@ class DataSpec(Section):
             problems.add(f"{prefix}name", self.name, f"one of {', '.join(data.list_datasets())}")
             return
         takes = data.options_of(self.name) | data.NOT_DATAMODULE_OPTIONS
-        problems += [f"{prefix}{k}={getattr(self, k)!r}: {self.name} does not take {k}; its keys are: "
+        problems += [f"{prefix}{k}={shown(getattr(self, k))}: {self.name} does not take {k}; its keys are: "
                      f"{', '.join(sorted(takes))}" for k in sorted(self.given) if k not in takes]
 
 
@@ -462,7 +473,7 @@ class StudySettings(Section):
                 key = name if raw.get(name) == m else f"method.{name}"
                 kind = m.get("kind") if isinstance(m, dict) else m
                 if kind is None and isinstance(m, dict):  # e.g. +method.tlm.foo=1 made a new entry
-                    problems.append(f"{key}={m!r}: not a method; methods are chosen with method=tlm|dm|[tlm,dm] "
+                    problems.append(f"{key}={shown(m)}: not a method; methods are chosen with method=tlm|dm|[tlm,dm] "
                                     f"and set with tlm.<key>=... / dm.<key>=...")
                     continue
                 if kind not in _METHODS:
@@ -561,7 +572,7 @@ def check_layers(s: StudySettings, num_classes: int, input_shape: tuple[int, ...
         try:
             return models.build(m.name, num_classes, **dict(m.options or {}))
         except (TypeError, ValueError, KeyError) as e:  # an option value the family cannot take
-            raise ConfigError(f"{which}.options={m.options!r}: {m.name} cannot be built with them ({e})") from None
+            raise ConfigError(f"{which}.options={shown(m.options)}: {m.name} cannot be built with them ({e})") from None
 
     m1 = build(s.model1, "model1")
     nets = {"model1": m1, "model2": m1 if s.self_stitch_possible else build(s.model2, "model2")}
@@ -583,7 +594,7 @@ def check_layers(s: StudySettings, num_classes: int, input_shape: tuple[int, ...
             try:
                 selected[key] = nets[which].select_layers(getattr(s, key))
             except models.UnknownLayerError as e:
-                problems.append(f"{key}={getattr(s, key)!r} ({which}): {e}")
+                problems.append(f"{key}={shown(getattr(s, key))} ({which}): {e}")
     if s.target_layer is None and "layer" in selected:  # the target is the source layer
         missing = [n for n in selected["layer"] if n not in nets["model2"].layers]
         if missing:
@@ -607,5 +618,5 @@ def _rank_problems(s: StudySettings, nets: dict, input_shape: tuple[int, ...]) -
     shapes1, shapes2 = nets["model1"].layer_shapes(input_shape), nets["model2"].layer_shapes(input_shape)
     channels = lambda shape: shape[0] if len(shape) == 3 else shape[-1]  # noqa: E731 - conv C x H x W, tokens T x D
     most = min(min(channels(shapes1[L]), channels(shapes2[M])) for L, M in pairs)
-    return [f"{name}.rank={r!r}: expected a positive integer <= {most} (the fewest channels of the "
+    return [f"{name}.rank={shown(r)}: expected a positive integer <= {most} (the fewest channels of the "
             f"layer pairs)" for name, r in ranked.items() if r > most]

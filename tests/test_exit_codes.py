@@ -36,7 +36,7 @@ BAD = [
     ("precision=8", "precision=8"),
     ("similarity.indices=[ckaa]", "similarity.indices=['ckaa']"),
     ("cache.dtype=int8", "cache.dtype='int8'"),
-    ("ood=true", "ood=True"),
+    ("ood=true", "ood=true: expected the group of OOD settings"),  # as typed: true, not True
     ("+tlm.epoch=5", "tlm.epoch=5"),  # a misspelt key (Hydra itself rejects it without the +)
     ("layer=layer33", "layer='layer33'"),  # checked on untrained networks, before any donor is trained
     ("model@model1=vit_tiny", "model1=vit_tiny"),  # 224-px ViT on 32-px images: caught before training

@@ -128,15 +128,15 @@ BAD = [
     (["tlm.rank=0"], "tlm.rank=0: expected a positive integer or null"),
     (["dm.samples=0"], "dm.samples=0: expected a positive integer or null"),
     (["dm.split=val"], "dm.split='val': expected one of train, test"),
-    (["dm=reduced_rank", "dm.rank=null"], "dm.rank=None: expected a positive integer with solver=rank"),
-    (["dm=lasso", "dm.alpha=null"], "dm.alpha=None: expected a number > 0 with solver=lasso"),
+    (["dm=reduced_rank", "dm.rank=null"], "dm.rank=null: expected a positive integer with solver=rank"),
+    (["dm=lasso", "dm.alpha=null"], "dm.alpha=null: expected a number > 0 with solver=lasso"),
     (["cache.budget_gb=-1"], "cache.budget_gb=-1: expected auto or a number > 0"),
     (["similarity.samples=2"], "similarity.samples=2: expected an integer >= 4"),
     (["similarity.mode=grid"], "similarity.mode='grid': expected one of rows, pooled, flatten"),
     (["batch_size=0"], "batch_size=0: expected a positive integer"),
     (["train_limit=0"], "train_limit=0: expected a positive integer or null"),
     (["data.normalize=maybe"], "data.normalize='maybe': expected true or false"),
-    (["+data.nrmalize=true"], "data.nrmalize=True: unknown key; data keys are: name, root"),
+    (["+data.nrmalize=true"], "data.nrmalize=true: unknown key; data keys are: name, root"),
     (["+foo=1"], "foo=1: unknown key;  keys are: study,"),
     (["+model1.sed=3"], "model1.sed=3: unknown key; model1 keys are: name, seed, options, weights"),
     (["donor.epochs=0"], "donor.epochs=0: expected a positive integer"),
@@ -179,7 +179,7 @@ def test_layer_and_rank_cross_checks_use_untrained_networks(tmp_path):
 
 def test_model_option_values_a_family_cannot_take_are_config_errors(tmp_path):
     s = _settings(tmp_path, "model@model1=resnet20", "model1.options.width=abc")
-    with pytest.raises(ConfigError, match=r"^model1.options=\{'width': 'abc'\}: resnet20 cannot be built with them"):
+    with pytest.raises(ConfigError, match=r"^model1.options=\{width: 'abc'\}: resnet20 cannot be built with them"):
         check_layers(s, 10, (3, 32, 32))
 
 
