@@ -482,9 +482,9 @@ class StudySettings(Section):
                 parsed[name] = _METHODS[kind].parse(m, f"{key}.", problems)
         if obj is None:
             return None
-        for which in _SECTIONS:
+        for which, section_type in _SECTIONS.items():
             if getattr(obj, which) is None:  # not set: the section's defaults
-                object.__setattr__(obj, which, _SECTIONS[which]())
+                object.__setattr__(obj, which, section_type())
         object.__setattr__(obj, "method", parsed)
         return obj
 

@@ -145,7 +145,7 @@ class Study:
 
     @classmethod
     def assemble(cls, s: StudySettings, *, pairs: list[tuple[str, str]] | None = None,
-                 fast_path: bool = True) -> "Study":
+                 fast_path: bool = True) -> Study:
         """Build the study; ``pairs`` replaces the layer selection (e.g. the pairs of finished records).
 
         ``fast_path=False`` keeps the donors' modules as stored (no BatchNorm folding, no channels-last),
