@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import glob
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -56,19 +56,20 @@ def read_record(path: str | Path) -> dict:
     return rec
 
 
+def readable_records(files: Iterable[Path]) -> Iterator[tuple[Path, dict]]:
+    """(path, record) of each file that reads as a record; unreadable ones are skipped with a warning."""
+    for p in files:
+        try:
+            yield p, read_record(p)
+        except (OSError, ValueError) as e:
+            log.warning("skipping unreadable record %s: %s", p, e)
+
+
 def load_records(inputs: str | Path | Iterable[str | Path], status: str | None = "ok") -> list[dict]:
     """Every record of ``inputs`` (as :func:`record_files`) whose ``status`` is ``status`` (``None``: all),
     in file order; unreadable files are skipped with a warning."""
-    out = []
-    for p in record_files(inputs):
-        try:
-            rec = read_record(p)
-        except (OSError, ValueError) as e:
-            log.warning("skipping unreadable record %s: %s", p, e)
-            continue
-        if status is None or rec.get("status") == status:
-            out.append(rec)
-    return out
+    return [rec for _, rec in readable_records(record_files(inputs))
+            if status is None or rec.get("status") == status]
 
 
 def stitch_matrix(state: dict) -> torch.Tensor:

@@ -33,6 +33,7 @@ import pandas as pd
 
 from ..results import read_record, record_files
 from ..sorting import natural_key
+from .labels import model_tag
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +119,7 @@ def record_row(rec: dict, path: Path | None = None, seed_keys: Sequence[str] = D
     row["status"] = rec.get("status") or "unknown"
     for m in ("model1", "model2"):
         flatten(rec.get(m) or {}, f"{m}.", row)
-        key = (rec.get(m) or {}).get("key")  # <data>/<model tag>/seed<n>: the tag names the architecture
-        row[f"{m}.tag"] = key.split("/")[1] if isinstance(key, str) and key.count("/") == 2 else \
-            (rec.get(m) or {}).get("name")
+        row[f"{m}.tag"] = model_tag(rec.get(m) or {})
     cfg = dict(rec.get("config") or {})
     flatten(cfg.pop("method_config", None) or {}, "method_config.", row)
     for k in ("model1", "model2", "layer", "target_layer", "method", "seed"):

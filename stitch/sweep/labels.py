@@ -1,4 +1,4 @@
-"""Readable names of methods, shared by the figures and the LMC table (no plotting, no networks)."""
+"""Readable names of methods and donors, shared by the figures and the LMC table (no plotting, no networks)."""
 from __future__ import annotations
 
 import math
@@ -18,3 +18,10 @@ def method_label(method: str, variant: str | None = None) -> str:
         return _METHOD_LABELS[(method, variant)]
     base = _METHOD_LABELS.get((method, None), str(method))
     return f"{base} ({variant})" if variant else base
+
+
+def model_tag(model: dict) -> str | None:
+    """The architecture tag of a record's donor (``tiny10-padding=none``), from its store key
+    ``<data>/<tag>/<seed or name>``; its family name when the key is absent."""
+    key = model.get("key")
+    return key.split("/")[1] if isinstance(key, str) and key.count("/") == 2 else model.get("name")

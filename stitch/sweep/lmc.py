@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..results import read_record
-from .labels import method_label
+from ..results import readable_records
+from .labels import method_label, model_tag
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +43,10 @@ def pair_label(rec: dict) -> str:
     return f"{a} vs {method_label(rec.get('method1'), rec.get('variant1'))}"
 
 
-def _tag(model: dict) -> str | None:
-    key = model.get("key")  # <data>/<model tag>/seed<n>
-    return key.split("/")[1] if isinstance(key, str) and key.count("/") == 2 else model.get("name")
-
-
 def lmc_records(dirs: Iterable[str | Path]) -> list[dict]:
     """The finished LMC records of ``dirs`` (a pair found twice counts once); failed ones are logged."""
     out: dict[str, dict] = {}
-    for path in lmc_files(dirs):
-        try:
-            rec = read_record(path)
-        except (OSError, ValueError) as e:
-            log.warning("skipping unreadable LMC record %s: %s", path, e)
-            continue
+    for path, rec in readable_records(lmc_files(dirs)):
         if rec.get("status") != "ok":
             log.warning("LMC pair %s failed (%s); rerun the LMC step for it", path, rec.get("error"))
             continue
@@ -72,7 +62,8 @@ def lmc_table(dirs: Iterable[str | Path]) -> pd.DataFrame:
         head = {"pair_type": rec.get("pair_type"), "pair_label": pair_label(rec),
                 "pair": f"{rec['run0']}|{rec['run1']}", "run0": rec["run0"], "run1": rec["run1"],
                 "method0": rec.get("method0"), "method1": rec.get("method1"), "layer": rec.get("layer"),
-                "target_layer": rec.get("target_layer"), "layer_index": rec.get("layer_index"), "model1.tag": _tag(m1), "model1.name": m1.get("name")}
+                "target_layer": rec.get("target_layer"), "layer_index": rec.get("layer_index"),
+                "model1.tag": model_tag(m1), "model1.name": m1.get("name")}
         curves = {k: list(rec.get(k) or []) for k in ("relative_acc", "stitched_acc", "cross_entropy")}
         for i, lam in enumerate(rec.get("lambdas") or []):
             rows.append({**head, "lambda": float(lam), **{k: v[i] if i < len(v) else None for k, v in curves.items()}})
