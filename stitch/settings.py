@@ -75,7 +75,6 @@ NONNEG_INT = Rule(lambda v: _int(v) and v >= 0, "an integer >= 0")
 BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
 POSITIVE = Rule(lambda v: _number(v) and v > 0, "a finite number > 0")
 NONNEG = Rule(lambda v: _number(v) and v >= 0, "a finite number >= 0")
-NUMBER = Rule(_number, "a finite number")
 TEXT = Rule(lambda v: v is None or isinstance(v, str), "a string or null")
 NAME = Rule(lambda v: isinstance(v, str) and v != "", "a name")
 PATH = Rule(lambda v: isinstance(v, str) and v != "", "a path")
@@ -172,11 +171,6 @@ class Section:
 
     def cross_check(self, prefix: str, problems: Problems) -> None:
         """Checks that involve several fields (a solver and its parameter)."""
-
-    def get(self, name: str) -> Any:
-        """The value, or the field's default when the config does not set it (None when it has none)."""
-        v = getattr(self, name)
-        return None if v is ABSENT else v
 
     def identity(self) -> dict:
         """The result-changing settings the config sets (see the module docstring)."""

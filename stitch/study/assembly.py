@@ -91,7 +91,7 @@ def load_donor(spec: ModelSpec, which: str, data: DataSpec, donor: DonorSettings
     if num_classes is not None and meta.get("num_classes") not in (None, num_classes):
         raise ConfigError(f"donor {key} ({which}) has {meta['num_classes']} classes but {data.name} has "
                           f"{num_classes}: a stitched network would be scored against the wrong labels")
-    normalize = data.get("normalize")
+    normalize = data.normalize
     if bool(meta.get("normalize", True)) != bool(normalize):
         raise ConfigError(f"donor {key} was trained with data.normalize={meta.get('normalize')} but this run uses "
                           f"data.normalize={normalize}; use the same preprocessing")
@@ -144,12 +144,8 @@ class Study:
     ood_cache: Any = None  # stitch.ood.OODCache (ood.enabled): detectors and in-distribution energies of the study
 
     @classmethod
-    def assemble(cls, s: StudySettings, *, pairs: list[tuple[str, str]] | None = None,
-                 fast_path: bool = True) -> Study:
-        """Build the study; ``pairs`` replaces the layer selection (e.g. the pairs of finished records).
-
-        ``fast_path=False`` keeps the donors' modules as stored (no BatchNorm folding, no channels-last),
-        whatever the settings say."""
+    def assemble(cls, s: StudySettings, *, pairs: list[tuple[str, str]] | None = None) -> Study:
+        """Build the study; ``pairs`` replaces the layer selection (e.g. the pairs of finished records)."""
         t0 = time.time()
         data = datamodule_from_config(s.data.as_dict(), augment=True)  # constructing it reads no data
         size = getattr(data, "image_size", 32)  # in-memory sets are 32 px unless they say otherwise
@@ -169,8 +165,7 @@ class Study:
             pairs = layer_pairs(s.layer, s.target_layer, d1.net, d2.net)
         for L, M in pairs:  # incompatible layers are a configuration error: reject before running anything
             build_stitching_layer(d1.net.layer_shapes(data.input_shape)[L], d2.net.layer_shapes(data.input_shape)[M])
-        if fast_path:
-            _fast_path(d1, d2, pairs, fold=s.fold_batchnorm, channels_last=s.channels_last)
+        _fast_path(d1, d2, pairs, fold=s.fold_batchnorm, channels_last=s.channels_last)
         cache = ActivationCache(cache_budget_bytes(s.cache, device)) if s.cache.enabled else None
         ood_cache = None
         if s.ood.enabled:
