@@ -2,11 +2,12 @@
 
 ``Study.assemble(settings)`` checks the layer names on untrained networks, then builds the
 device and precision, the data module, the two donors (one network when model 1 is model 2:
-self-stitching), the layer pairs, the frozen donors' fast path (BatchNorm folded, channels-last)
-the activation cache and, with ``ood.enabled``, the OOD detectors' cache. ``study.pairs()`` yields one :class:`~stitch.matching.fitting.PairContext`
-per layer pair, which is all a method needs to fit and evaluate a stitching layer. The runner
-(``stitch/study/runner.py``), the LMC step (``stitch/study/lmc.py``) and ``bench/`` build their
-networks through it, so donors, caches and the self-stitch dedupe are wired in one place.
+self-stitching), the layer pairs, the frozen donors' fast path (BatchNorm folded, channels-last),
+the activation cache and, with ``ood.enabled``, the OOD detectors' cache. ``study.pairs()`` yields
+one :class:`~stitch.matching.fitting.PairContext` per layer pair, which is all a method needs to
+fit and evaluate a stitching layer. The runner (``stitch/study/runner.py``), the LMC step
+(``stitch/study/lmc.py``) and ``bench/`` build their networks through it, so donors, caches and the
+self-stitch dedupe are wired in one place.
 """
 from __future__ import annotations
 

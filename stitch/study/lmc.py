@@ -49,8 +49,10 @@ from ..evaluation import evaluate
 from ..features import resolve_precision
 from ..fileio import sha256, write_json
 from ..hardware import hardware_name, resolve_device
+from ..matching.fitting import PairContext
 from ..results import load_records, load_stitch
 from ..settings import ABSENT, DataSpec, StudySettings, study_settings
+from ..stitching import StitchedNetwork
 from ..version import code_version
 from .assembly import Study, donor_key
 from .records import HOST, finished, stitch_path
@@ -219,11 +221,13 @@ def run_lmc(cfg: dict | StudySettings) -> list[dict]:
         layer_pairs = list(dict.fromkeys((a["layer"], a["target_layer"]) for _, _, a, _, _ in todo))
         study = Study.assemble(quiet, pairs=layer_pairs)
         for L, M in layer_pairs:
-            nets: dict = {}
-            for name, ptype, a, b, shas in todo:
-                if (a["layer"], a["target_layer"]) != (L, M) or not _same_donors(study, a, b):
-                    continue
-                records[name] = _pair(study, s, nets, name, ptype, a, b, grid, shas)
+            here = [t for t in todo if (t[2]["layer"], t[2]["target_layer"]) == (L, M) and _same_donors(study, *t[2:4])]
+            if not here:
+                continue
+            ctx = study.pair(L, M)
+            net = ctx.new_network()  # one full-rank stitched network per layer pair: exact for any W(λ)
+            for name, ptype, a, b, shas in here:
+                records[name] = _pair(study, s, ctx, net, name, ptype, a, b, grid, shas)
             if study.cache is not None and len(layer_pairs) > 1:
                 study.cache.clear()  # this layer pair's activations are not needed again
     return [records[n] for n in (lmc_id(t, a, b, grid) for t, a, b in jobs) if n in records]
@@ -241,25 +245,24 @@ def _same_donors(study: Study, *recs: dict) -> bool:
     return True
 
 
-def _pair(study: Study, s: StudySettings, nets: dict, name: str, ptype: str, a: dict, b: dict,
-          grid: list[float], shas: list[str]) -> dict:
+def _pair(study: Study, s: StudySettings, ctx: PairContext, net: StitchedNetwork, name: str, ptype: str, a: dict,
+          b: dict, grid: list[float], shas: list[str]) -> dict:
     """Evaluate one pair along the λ grid and write its record."""
     L, M = a["layer"], a["target_layer"]
-    donor = lambda rec, w: {k: (rec.get(w) or {}).get(k) for k in ("key", "name", "seed", "options", "sha256")}  # noqa: E731
+    def donor(rec: dict, which: str) -> dict:
+        return {k: (rec.get(which) or {}).get(k) for k in ("key", "name", "seed", "options", "sha256")}
+
     rec = {"lmc": name, "study": s.study, "pair_type": ptype, "run0": a["run"], "run1": b["run"],
            "method0": a.get("method"), "method1": b.get("method"), "kind0": a.get("kind"), "kind1": b.get("kind"),
            "variant0": a.get("variant"), "variant1": b.get("variant"), "seed0": a.get("seed"), "seed1": b.get("seed"),
-           "layer": L, "target_layer": M, "layer_index": a.get("layer_index"), "data": s.data.name, "model1": donor(a, "model1"),
-           "model2": donor(a, "model2"), "end_relative_acc": [_relative_acc(a), _relative_acc(b)],
+           "layer": L, "target_layer": M, "layer_index": a.get("layer_index"), "data": s.data.name,
+           "model1": donor(a, "model1"), "model2": donor(a, "model2"),
+           "end_relative_acc": [_relative_acc(a), _relative_acc(b)],
            "stitch_sha256": shas, "lambdas": grid, "code_version": code_version(), "device": str(study.device),
            "precision": study.precision, "hardware": hardware_name(study.device), "host": HOST, "pid": os.getpid(),
            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     t = time.time()
     try:
-        if "net" not in nets:  # one full-rank stitched network per layer pair: exact for any W(λ)
-            nets["ctx"] = ctx = study.pair(L, M)
-            nets["net"] = ctx.new_network()
-        ctx, net = nets["ctx"], nets["net"]
         (W0, b0), (W1, b1) = ((W.double(), bias.double()) for W, bias in
                               (load_stitch(stitch_path(s.results_dir, r["run"])) for r in (a, b)))
         curves: dict[str, list] = {"relative_acc": [], "stitched_acc": [], "cross_entropy": []}
