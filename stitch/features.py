@@ -56,6 +56,16 @@ class Batch:
     x: torch.Tensor | None = None  # inputs (only on the on-the-fly path)
 
 
+def _numel(shape) -> int:
+    return int(torch.Size(shape).numel())
+
+
+def _format_of(t: torch.Tensor) -> torch.memory_format:
+    """Channels-last for a 4-d channels-last tensor (what a channels-last donor returns), else contiguous."""
+    cl = t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if cl else torch.contiguous_format
+
+
 class ActivationCache:
     """Cached activations keyed by (model id, layer, split), evicted oldest-first past a byte budget."""
 
@@ -76,10 +86,15 @@ class ActivationCache:
     def fits(self, nbytes: int) -> bool:
         return nbytes <= self.budget
 
+    def reserve(self, nbytes: int, keep: set = frozenset()) -> None:
+        """Evict oldest-first (sparing ``keep``) until ``nbytes`` more fit the budget."""
+        for key in [k for k in self._items if k not in keep]:
+            if self.nbytes() + nbytes <= self.budget:
+                break
+            del self._items[key]
+
     def put(self, key, value: torch.Tensor) -> None:
-        size = value.numel() * value.element_size()
-        while self._items and self.nbytes() + size > self.budget:
-            self._items.popitem(last=False)
+        self.reserve(value.numel() * value.element_size(), keep={key})
         self._items[key] = value
 
     def clear(self) -> None:
@@ -129,8 +144,7 @@ class FeatureSource:
     def cache_bytes(self, split: str) -> int:
         sa, sb = self._shapes
         el = torch.finfo(self.cache_dtype).bits // 8
-        num = lambda s: int(torch.tensor(s).prod())  # noqa: E731
-        return self._n(split) * (num(sa) + num(sb)) * el
+        return self._n(split) * (_numel(sa) + _numel(sb)) * el
 
     # ------------------------------------------------------------------- caching
     @torch.no_grad()
@@ -138,34 +152,46 @@ class FeatureSource:
         if self.cache is None or not self.cache.fits(self.cache_bytes(split)):
             return None
         lim = self.limits.get(split)
-        ka = ("A", id(self.m1), self.layer, split, lim)
-        kb = ("B", id(self.m2), self.target_layer, split, lim)
-        a, b = self.cache.get(ka), self.cache.get(kb)
-        same = self.m1 is self.m2 and self.layer == self.target_layer  # self-stitching diagonal: B is A
-        if a is None or b is None:
-            parts_a, parts_b, parts_y, parts_z = [], [], [], []
-            for x, y in self.dm.batches(split, self.batch_size, device=self.device, limit=lim):
+        # keyed by network and layer, not by role: in self-stitching, A at L is B at L (and model 2's
+        # logits and the labels do not depend on M), so a layer x layer matrix computes each once
+        ka = (id(self.m1), self.layer, split, lim)
+        kb = (id(self.m2), self.target_layer, split, lim)
+        kz, ky = (id(self.m2), "logits", split, lim), ("labels", split, lim)
+        a, b, z2, y = (self.cache.get(k) for k in (ka, kb, kz, ky))
+        if a is None or b is None or z2 is None or y is None:
+            n = self._n(split)
+            sa, sb = self._shapes
+            want = [(ka, sa, self.cache_dtype, a is None), (kb, sb, self.cache_dtype, b is None and kb != ka),
+                    (kz, (self.dm.num_classes,), torch.float32, z2 is None), (ky, (), None, y is None)]
+            # room first, then fill preallocated tensors in place: the peak is the budget, not the
+            # budget plus the new tensors plus their batches before a concatenation
+            new_bytes = sum(n * _numel(shape) * torch.finfo(dt).bits // 8 for _, shape, dt, need in want
+                            if need and dt is not None)
+            self.cache.reserve(new_bytes, keep={k for k, _, _, need in want if not need})
+            out: dict = {}
+            start = 0
+            for x, yy in self.dm.batches(split, self.batch_size, device=self.device, limit=lim):
+                parts = {}
                 if a is None:
-                    parts_a.append(self.front(x).to(self.cache_dtype))
-                if b is None:
+                    parts[ka] = self.front(x)
+                if (b is None and kb != ka) or z2 is None:
                     bb, zz = self.target(x)
-                    if not same:
-                        parts_b.append(bb.to(self.cache_dtype))
-                    parts_z.append(zz)
-                parts_y.append(y)
-            if a is None:
-                a = torch.cat(parts_a)
-                self.cache.put(ka, a)
-            if b is None:
-                b = a if same else torch.cat(parts_b)
-                self.cache.put(kb, b)
-                self.cache.put(("Z", id(self.m2), self.target_layer, split, lim), torch.cat(parts_z))
-                self.cache.put(("Y", id(self.m2), split, lim), torch.cat(parts_y))
-        z2 = self.cache.get(("Z", id(self.m2), self.target_layer, split, lim))
-        y = self.cache.get(("Y", id(self.m2), split, lim))
-        if z2 is None or y is None:  # evicted meanwhile: recompute B's companions
-            self.cache._items.pop(kb, None)
-            return self._cached(split)
+                    parts[kb], parts[kz] = bb, zz
+                parts[ky] = yy
+                for k, shape, dt, need in want:
+                    if not need:
+                        continue
+                    v = parts[k]
+                    if k not in out:
+                        out[k] = torch.empty((n, *v.shape[1:]), dtype=dt or v.dtype, device=self.device,
+                                             memory_format=_format_of(v))
+                    out[k][start:start + len(v)] = v
+                start += len(yy)
+            for k, t in out.items():
+                self.cache.put(k, t)
+            a, b, z2, y = (self.cache.get(k) for k in (ka, kb, kz, ky))
+            if a is None or b is None:  # larger together than the budget allows: stream instead
+                return None
         return a, b, y, z2
 
     # ------------------------------------------------------------------ batches

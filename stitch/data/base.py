@@ -16,6 +16,8 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from ..errors import DataNotFoundError
+
 SPLITS = ("train", "val", "test")
 
 # the normalisation of paper 1's released code (CIFAR-10 statistics)
@@ -105,13 +107,12 @@ class ImageDataModule:
         if "val" not in tensors:  # no separate validation split: validate on test (as the papers report)
             tensors["val"] = tensors["test"]
         self._tensors = tensors
-        x = tensors["train"][0]
+        x = tensors["train" if "train" in tensors else "test"][0]  # a test-only set (SVHN's shared copy) still has a shape
         self.input_shape = tuple(x.shape[1:])
         self._ready = True
 
     def size(self, split: str) -> int:
-        self.setup()
-        return len(self._tensors[self._check_split(split)][1])
+        return len(self.tensors(split)[1])
 
     def _check_split(self, split: str) -> str:
         if split not in SPLITS:
@@ -121,7 +122,14 @@ class ImageDataModule:
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw (uint8 images, labels) of a split."""
         self.setup()
-        return self._tensors[self._check_split(split)]
+        split = self._check_split(split)
+        if split not in self._tensors:
+            raise self.missing_split(split)
+        return self._tensors[split]
+
+    def missing_split(self, split: str) -> Exception:
+        """The error for a split this copy of the data set does not have (overridden with a hint)."""
+        return DataNotFoundError(f"{self.name} has no {split} split")
 
     def preprocess(self, x: torch.Tensor, augment: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """Turn a raw batch (uint8) into network input; float batches pass through."""

@@ -81,7 +81,10 @@ class ActivationDetector(nn.Module):
         self.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = h.float()
+        # One layout, whatever model 2 runs in: the study's fast path makes model 2 channels-last,
+        # and a channels-last activation into this backbone's NCHW weights is a mixed-layout oneDNN
+        # convolution whose backward pass can segfault on CPU (pytorch/pytorch#136348).
+        h = h.float().contiguous()
         if self.kind == "conv":
             h = (h - self.mean[:, None, None]) / self.std[:, None, None]
             if tuple(h.shape[-2:]) != self.size:  # paper 2: bilinear resize to the input size
