@@ -52,6 +52,7 @@ SWEEP_ARGS ?=
 SHARED ?= ../shared/data
 RELEASED_DIR ?= $(SHARED)/released-drfrankenstein
 CIFAR10_JPEG ?= $(SHARED)/cifar10-jpeg
+SVHN_TEST ?= $(SHARED)/svhn-test
 FIG_STORE = $(if $(filter smoke,$(SCALE)),$(STORE)/smoke,$(if $(filter released,$(SCALE)),$(STORE)/released,$(STORE)))
 SCALE_ARGS = $(if $(filter released,$(SCALE)),data.root=$(CIFAR10_JPEG),)
 HAVE_RELEASED = $(filter 4,$(words $(wildcard $(RELEASED_DIR)/tiny10-cifar10 $(RELEASED_DIR)/resnet20-w1-cifar10 \
@@ -62,23 +63,31 @@ SKIP_MESSAGE = skipped: SCALE=released needs paper 1's released networks in $(RE
 # smoke LMC ends are short TLM runs: keep pairs below paper 1's 80 % relative-accuracy cut
 LMC_ARGS = $(if $(filter smoke,$(SCALE)),lmc.min_relative_acc=0.3,)
 
+# paper 2 at SCALE=released: both figures share one results directory (Fig. 2's intra-network Tiny-10 runs are
+# Fig. 1's: same run ids, done once) and the real SVHN test digits are the detectors' sanity set
+P2_RELEASED = $(and $(filter released,$(SCALE)),$(filter p2_%,$(1)))
+study_results = $(RESULTS)/$(if $(P2_RELEASED),p2,$(1))_$(SCALE)
+study_args = $(SCALE_ARGS) $(if $(P2_RELEASED),ood.sanity.options.root=$(SVHN_TEST))
+
 # $(call figure,<study>,<sweep figure>,<target>[,<sweep.py defaults>[,<extra stitch.py run>[,<a step after
-# the study: stitch.py overrides, one plain run (no -m, no launcher) before sweep.py>]]])
+# the study: stitch.py overrides, one plain run (no -m, no launcher) before sweep.py>[,<a second extra run>]]]])
 define figure_run
 	$(if $(filter released,$(SCALE)),$(MAKE) --no-print-directory released-donors STORE=$(STORE))
-	$(PY) stitch.py -m +experiment=$(1)_$(SCALE) results_dir=$(RESULTS)/$(1)_$(SCALE) store=$(FIG_STORE) \
-		$(SCALE_ARGS) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS)
-	$(if $(5),$(PY) stitch.py -m +experiment=$(1)_$(SCALE) results_dir=$(RESULTS)/$(1)_$(SCALE) store=$(FIG_STORE) \
-		$(SCALE_ARGS) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(5) $(ARGS))
-	$(if $(6),$(PY) stitch.py +experiment=$(1)_$(SCALE) results_dir=$(RESULTS)/$(1)_$(SCALE) store=$(FIG_STORE) \
-		$(SCALE_ARGS) $(6) $(filter-out hydra.launcher.% hydra/launcher=%,$(ARGS)))
-	$(PY) sweep.py inputs=[$(RESULTS)/$(1)_$(SCALE)] figures=[$(2)] out=$(FIGURES)/$(3)/$(SCALE) \
+	$(PY) stitch.py -m +experiment=$(1)_$(SCALE) results_dir=$(study_results) store=$(FIG_STORE) \
+		$(study_args) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS)
+	$(if $(5),$(PY) stitch.py -m +experiment=$(1)_$(SCALE) results_dir=$(study_results) store=$(FIG_STORE) \
+		$(study_args) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(5) $(ARGS))
+	$(if $(7),$(PY) stitch.py -m +experiment=$(1)_$(SCALE) results_dir=$(study_results) store=$(FIG_STORE) \
+		$(study_args) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(7) $(ARGS))
+	$(if $(6),$(PY) stitch.py +experiment=$(1)_$(SCALE) results_dir=$(study_results) store=$(FIG_STORE) \
+		$(study_args) $(6) $(filter-out hydra.launcher.% hydra/launcher=%,$(ARGS)))
+	$(PY) sweep.py inputs=[$(study_results)] figures=[$(2)] out=$(FIGURES)/$(3)/$(SCALE) \
 		$(4) $(SWEEP_ARGS)
 endef
 # a scale without a config for this figure is an error (exit 2), missing shared data a skip (exit 0)
 NO_CONFIG = $(if $(wildcard stitch/conf/experiment/$(1)_$(SCALE).yaml),,1)
 figure = $(if $(call NO_CONFIG,$(1)),@echo "$(3): no SCALE=$(SCALE) config (stitch/conf/experiment/$(1)_$(SCALE).yaml); \
-	SCALE=released covers fig-p1-2 fig-p1-4 fig-p1-6 fig-p1-7 fig-p1-8 fig-p1-lmc" >&2; exit 2,$(if $(SKIP),@echo "$(3): $(SKIP_MESSAGE)",$(figure_run)))
+	SCALE=released covers fig-p1-2 fig-p1-4 fig-p1-6 fig-p1-7 fig-p1-8 fig-p1-lmc fig-p2-1 fig-p2-2" >&2; exit 2,$(if $(SKIP),@echo "$(3): $(SKIP_MESSAGE)",$(figure_run)))
 
 released-donors: $(STAMP)  ## import paper 1's released networks (shared data) into $(STORE)/released, once
 	@if [ -z "$(HAVE_RELEASED)" ]; then echo "released-donors: $(SKIP_MESSAGE)"; exit 0; fi; \
@@ -91,7 +100,7 @@ FIG_TARGETS := fig-p1-2 fig-p1-3 fig-p1-4 fig-p1-5 fig-p1-6 fig-p1-7 fig-p1-8 fi
 	fig-p2-1 fig-p2-2 fig-p2-3 fig-p2-4
 .PHONY: figures released-donors $(FIG_TARGETS)
 
-figures: $(FIG_TARGETS)  ## every paper figure below at SCALE=smoke|paper (released: fig-p1-2/4/6/7/8/lmc)
+figures: $(FIG_TARGETS)  ## every paper figure below at SCALE=smoke|paper (released: fig-p1-2/4/6/7/8/lmc, fig-p2-1/2)
 
 # SCALE=released: Tiny-10 at bn1..bn8 (the experiment), then ResNet-20 at its block outputs (3 TLM epochs)
 P1_FIG2_RESNET = $(if $(filter released,$(SCALE)),model@model1=resnet20 layer=all tlm.epochs=3,)
@@ -122,8 +131,12 @@ fig-p1-lmc: $(STAMP)  ## paper 1 Sec. 8: linear mode connectivity of stitching l
 fig-p2-1: $(STAMP)  ## paper 2 Fig. 1: intra-network TLM relative accuracy + OOD AUROC matrices
 	$(call figure,p2_fig1,p2_fig1,fig-p2-1)
 
+# SCALE=released: Tiny-10 (the experiment), the exact full-data least squares beside paper 2's K = 100, then
+# ResNet-20 at its 9 block outputs (intra and inter, TLM and DM)
+P2_FIG2_LS = $(if $(filter released,$(SCALE)),method=dm dm=least_squares,)
+P2_FIG2_RESNET = $(if $(filter released,$(SCALE)),model@model1=resnet20 layer=all target_layer=all,)
 fig-p2-2: $(STAMP)  ## paper 2 Fig. 2: intra/inter-network matrices, TLM vs DM, + OOD AUROC
-	$(call figure,p2_fig2,p2_fig2,fig-p2-2)
+	$(call figure,p2_fig2,p2_fig2,fig-p2-2,,$(P2_FIG2_LS),,$(P2_FIG2_RESNET))
 
 fig-p2-3: $(STAMP)  ## paper 2 Fig. 3: same-size ResNet-18 self-stitching, TLM vs DM
 	$(call figure,p2_fig3,p2_fig3,fig-p2-3)

@@ -10,6 +10,7 @@ import torch
 from stitch import data
 from stitch.data.base import BatchTransform
 from stitch.data.cifar10 import SHARED_JPEG
+from stitch.data.svhn import SHARED_SVHN, SVHN_MEAN
 from stitch.errors import DataNotFoundError
 
 
@@ -272,3 +273,53 @@ def test_real_cifar10_jpegs():
     dm = data.build("cifar10", root=str(SHARED_JPEG), cache=False)
     assert dm.size("train") == 50000 and dm.size("test") == 10000
     assert torch.bincount(dm.tensors("test")[1]).tolist() == [1000] * 10
+
+
+def _svhn_npz(path, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, size=n).astype(np.int64)
+    np.savez(path, x=x, y=y)
+    return x, y
+
+
+def test_svhn_reads_a_packed_test_split_and_says_what_a_training_study_lacks(tmp_path):
+    x, y = _svhn_npz(tmp_path / "test.npz", 20)
+    dm = data.build("svhn", root=str(tmp_path), normalize=False)
+    images, labels = dm.tensors("test")
+    assert images.shape == (20, 3, 32, 32) and images.dtype == torch.uint8
+    assert torch.equal(images[3].permute(1, 2, 0), torch.from_numpy(x[3]))  # HWC on disk -> CHW here
+    assert torch.equal(labels, torch.from_numpy(y)) and dm.input_shape == (3, 32, 32)
+    with pytest.raises(DataNotFoundError, match="no train split .*put train.npz"):
+        dm.tensors("train")
+    _svhn_npz(tmp_path / "train.npz", 30, seed=1)  # a training split next to it: a full data set
+    assert data.build("svhn", root=str(tmp_path)).size("train") == 30
+
+
+def test_a_damaged_svhn_file_is_named(tmp_path):
+    (tmp_path / "test.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataNotFoundError, match=r"test\.npz is not a readable SVHN \.npz"):
+        data.build("svhn", root=str(tmp_path)).setup()
+
+
+def test_the_sanity_check_uses_svhn_against_cifar10_when_only_its_test_split_exists(tmp_path):
+    from stitch.ood.sanity import resolve_sanity_data
+
+    _svhn_npz(tmp_path / "test.npz", 8)
+    assert resolve_sanity_data("cifar10", {"data": "auto", "options": {"root": str(tmp_path)}}) == \
+        {"name": "svhn", "root": str(tmp_path)}
+
+
+
+
+
+@pytest.mark.skipif(not (SHARED_SVHN / "test.npz").is_file(), reason="real SVHN test digits not present")
+def test_the_real_svhn_test_digits():
+    dm = data.build("svhn", root=str(SHARED_SVHN))
+    images, labels = dm.tensors("test")
+    assert images.shape == (10_000, 3, 32, 32)
+    counts = torch.bincount(labels, minlength=10)
+    assert counts.sum() == 10_000 and (counts > 400).all()  # every digit 0..9, digit 0 stored as 0
+    # SVHN's channel means are close to its published normalisation statistics
+    mean = images.float().mean((0, 2, 3)) / 255
+    assert torch.allclose(mean, torch.tensor(SVHN_MEAN), atol=0.03)

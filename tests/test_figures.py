@@ -38,6 +38,16 @@ def rec(run, layer, method="tlm", variant=None, seed=0, m1=0, m2=1, model="tiny1
     return r
 
 
+def _energies(stitched_centre: float) -> dict:
+    """A record's ``ood_energies``: percentiles of normal energies (in: -10, sanity set: -3)."""
+    from statistics import NormalDist
+
+    pct = list(range(101))
+    q = lambda mu, sd: [NormalDist(mu, sd).inv_cdf(min(max(p / 100, 1e-4), 1 - 1e-4)) for p in pct]  # noqa: E731
+    return {"percentiles": pct, "in": q(-10, 1.5), "stitched": q(stitched_centre, 1.5), "sanity": q(-3, 1.5),
+            "sanity_data": "svhn"}
+
+
 def dump(d: Path, records: list[dict]) -> Path:
     (d / "records").mkdir(parents=True, exist_ok=True)
     for r in records:
@@ -135,8 +145,11 @@ def _records(tmp: Path) -> dict[str, list[dict]]:
                 for method, variant in (("tlm", "paper2"), ("dm", "paper2")):
                     acc = 0.95 - (0.05 if method == "tlm" else 0.2) * abs(i - j)
                     auroc = 0.5 + (0.1 * abs(i - j) + 0.2 if method == "tlm" else 0.02 * abs(i - j))
-                    out["p2_fig2"].append(rec(f"p2-{m2}-{L}-{M}-{method}", L, method, variant, m2=m2, target=M,
-                                              metrics={"relative_acc": acc, "ood/auroc": min(auroc, 1.0)}))
+                    r = rec(f"p2-{m2}-{L}-{M}-{method}", L, method, variant, m2=m2, target=M,
+                            metrics={"relative_acc": acc, "ood/auroc": min(auroc, 1.0),
+                                     "ood/sanity_auroc": 0.97, "ood/detector_trusted": float(M != "layer7")})
+                    r["ood_energies"] = _energies(-10 + 3 * abs(i - j))
+                    out["p2_fig2"].append(r)
     out["p2_fig1"] = [r for r in out["p2_fig2"] if r["self_stitch"] and r["method"] == "tlm"]
     out["p2_fig3"] = [json.loads(json.dumps(r).replace('"padding": "kornblith"', '"variant": "same_size"')
                                  .replace("tiny10", "resnet18")) for r in out["p2_fig2"] if r["self_stitch"]]
@@ -305,3 +318,32 @@ def test_layer_order_follows_the_recorded_forward_positions():
     df = pd.DataFrame({"layer": ["relu1", "bn1", "conv1", "bn10", "bn2"], "layer_index": [2, 1, 0, 28, 4]})
     assert layer_order(df) == ["conv1", "bn1", "relu1", "bn2", "bn10"]
     assert layer_order(df.drop(columns="layer_index")) == ["bn1", "bn2", "bn10", "conv1", "relu1"]
+
+
+def test_p2_fig1_energy_panels_show_every_source_and_the_sanity_set(figure_dirs, tmp_path, monkeypatch):
+    """Fig. 1(c) is drawn from the records' energy percentiles: real and SVHN above, one curve per source below;
+    the AUROC panel hatches the column whose detector failed its sanity check."""
+    from stitch.sweep import figures
+
+    drawn = {}
+    real_save = figures.save
+    monkeypatch.setattr(figures, "save", lambda fig, ctx, stem=None: drawn.setdefault(stem or ctx.name, fig) and
+                        real_save(fig, ctx, stem))
+    c = collect([figure_dirs["p2_fig1"]])
+    ctx = FigureContext(c.runs, aggregate(c.runs), c.history, tmp_path, "fig-p2-1", formats=("png",))
+    paths = draw("p2_fig1", ctx)
+    assert {p.name for p in paths} == {"fig-p2-1.png", "fig-p2-1-energies.png"}
+    top, bottom = drawn["fig-p2-1-energies"].axes[:2]
+    labels = [t.get_text() for t in top.get_legend().get_texts()]
+    assert any("in-distribution" in t for t in labels) and any("SVHN" in t and "0.970" in t for t in labels)
+    curves = [line.get_label() for line in bottom.get_lines()]
+    assert curves[:4] == ["layer1 (AUROC 0.70)", "layer3 (AUROC 0.80)", "layer5 (AUROC 0.90)", "layer7 (AUROC 1.00)"]
+    # the layer-1 -> layer-1 stitch is centred on the in-distribution energies, layer 7's far above them
+    x, dens = bottom.get_lines()[0].get_data()
+    assert abs(x[dens.argmax()] + 10) < 1.0
+    x, dens = bottom.get_lines()[3].get_data()
+    assert abs(x[dens.argmax()] - (-10 + 9)) < 1.0
+    matrix = drawn["fig-p2-1"]
+    assert "Hatched" in matrix._suptitle.get_text() and "layer7" in matrix._suptitle.get_text()
+    hatched = [p for ax in matrix.axes for p in ax.patches if p.get_hatch()]
+    assert len(hatched) == 1  # one AUROC panel, one untrusted target column

@@ -505,3 +505,41 @@ def test_stitch_cli_with_ood_enabled(tmp_path, donor_store):
     r = stitch("b", "layer=layer8", "method=tlm")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "loaded from" in r.stdout + r.stderr and "training the OOD detector" not in r.stdout + r.stderr
+
+
+def test_the_detector_runs_in_one_layout_whatever_model_2_runs_in():
+    """The study's fast path makes model 2 channels-last; its activations reach the detector's NCHW weights.
+    A mixed-layout oneDNN convolution's backward pass can segfault on CPU (issue: `stitch.py ood.enabled=true`
+    died with exit 139), so the detector's backbone must see contiguous NCHW tensors, in training too."""
+    from stitch.ood.networks import ActivationDetector
+
+    det = ActivationDetector((16, 30, 30), 10, detector_config(TINY), (32, 32))
+    seen = []
+    first_conv = next(m for m in det.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    first_conv.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    h = torch.randn(4, 16, 30, 30).contiguous(memory_format=torch.channels_last)
+    det.train()
+    det(h).logsumexp(1).mean().backward()
+    assert seen == [True]
+    assert all(p.grad is not None for p in det.backbone.parameters() if p.requires_grad)
+
+
+@pytest.mark.slow
+def test_the_default_ood_path_on_the_digits_end_to_end(tmp_path):
+    """`python stitch.py ood.enabled=true` on the defaults (digits, channels-last, folded BatchNorm), cut to
+    seconds: exit 0, a record with an AUROC, the detector's sanity verdict and Fig. 1(c)'s energy percentiles."""
+    from stitch.results import load_records
+
+    from .conftest import run_script
+
+    r = run_script("stitch.py", "ood.enabled=true", "layer=relu1", "method=tlm", "model2.seed=0", "donor.epochs=2",
+                   "tlm.epochs=1", "ood.detector.epochs=1", "ood.energy.epochs=1", "ood.detector.train_limit=256",
+                   "ood.sanity.samples=64", "similarity.indices=[cka]", "similarity.samples=64",
+                   f"store={tmp_path}/models", f"results_dir={tmp_path}/res", f"hydra.run.dir={tmp_path}/out")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (rec,) = load_records(tmp_path / "res", status=None)
+    m = rec["metrics"]
+    assert rec["status"] == "ok" and 0 <= m["ood/auroc"] <= 1 and m["ood/detector_trusted"] in (0.0, 1.0)
+    e = rec["ood_energies"]
+    assert e["percentiles"] == list(range(101)) and len(e["in"]) == len(e["stitched"]) == len(e["sanity"]) == 101
+    assert e["in"] == sorted(e["in"]) and e["sanity_data"] == "synthetic"

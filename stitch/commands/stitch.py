@@ -6,21 +6,21 @@
     stitch-run model@model2=resnet20 layer=layer4 target_layer=layer2.0
     stitch-run +experiment=p1_lmc_smoke step=lmc            # after the study: W(lambda) between its saved layers
 """
+from __future__ import annotations
+
 import logging
 import sys
 
-import hydra
-from omegaconf import DictConfig
-
-from stitch import cli
-from stitch.settings import study_settings
+from stitch.supervisor import supervise
 
 log = logging.getLogger("stitch")
 
 
-@hydra.main(config_path="../conf", config_name="stitch", version_base="1.3")
-@cli.job
-def study(cfg: DictConfig) -> int:
+def study(cfg) -> int:
+    """One study from its composed config; returns the number of failed runs."""
+    from stitch import cli
+    from stitch.settings import study_settings
+
     settings = study_settings(cli.to_dict(cfg))  # a typo fails here, before the training stack loads (seconds)
     if settings.step == "lmc":
         return lmc_step(settings)
@@ -61,5 +61,15 @@ def lmc_step(settings) -> int:
     return failed
 
 
+def _hydra_main() -> None:
+    # imported here, not at the top: the supervising parent process never loads Hydra or torch
+    import hydra
+
+    from stitch import cli
+
+    app = hydra.main(config_path="../conf", config_name="stitch", version_base="1.3")(cli.job(study))
+    cli.main(app)  # exit code: 0 all runs ok (or claimed by others), 1 a run failed, 2 bad configuration
+
+
 def main() -> None:
-    cli.main(study)  # exit code: 0 all runs ok (or claimed by others), 1 a run failed, 2 bad configuration
+    supervise(_hydra_main)  # a native crash inside one run loses that run, not the study (stitch/supervisor.py)

@@ -16,7 +16,7 @@ Modules, one job each:
 * :mod:`.sanity` -- the "truly OOD data set" check of a detector;
 * :mod:`.registry` -- detectors in the model store (:func:`get_detector`);
 * :mod:`.cache` -- :class:`OODCache`, the caller-owned in-process reuse;
-* :mod:`.stitched` -- :func:`ood_metrics` (what ``stitch/study/runner.py`` calls per run
+* :mod:`.stitched` -- :func:`ood_scores` (what ``stitch/study/runner.py`` calls per run
   when ``ood.enabled=true``) and :func:`stitch_energies` (the raw energies behind it);
 * :mod:`.scoring` -- AUROC, AUPR, FPR95 of two score sets.
 """
@@ -30,10 +30,10 @@ from .registry import detector_path, get_detector
 from .sanity import resolve_sanity_data, sanity_check
 from .scoring import energy_summary, ood_scores_metrics
 from .settings import DetectorConfig, detector_config, sanity_config
-from .stitched import ood_metrics, stitch_energies
+from .stitched import ood_metrics, ood_scores, stitch_energies
 from .training import train_detector
 
 __all__ = ["ActivationDetector", "DetectorConfig", "OODCache", "OutlierSampler", "detector_config", "detector_path",
            "energy", "energy_loss", "energy_regularizer", "energy_score", "energy_summary", "get_detector",
-           "ood_metrics", "ood_scores_metrics", "resolve_sanity_data", "sanity_check", "sanity_config",
+           "ood_metrics", "ood_scores", "ood_scores_metrics", "resolve_sanity_data", "sanity_check", "sanity_config",
            "stitch_energies", "train_detector"]

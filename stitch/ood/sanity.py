@@ -14,7 +14,7 @@ from .. import models
 from ..data.base import ImageDataModule
 from .networks import ActivationDetector, detector_outputs, layer_activations
 from .outliers import _resize_raw, looks_grayscale
-from .scoring import ood_scores_metrics
+from .scoring import energy_percentiles, ood_scores_metrics
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,8 @@ def resolve_sanity_data(in_name: str, spec: dict) -> dict | None:
     """Which "truly OOD" data set the sanity check uses, as ``{"name": ..., **options}`` (None: skip).
 
     ``auto``: SVHN against CIFAR-10 (and CIFAR-10 against SVHN) when their files are
-    present (roots from ``ood.sanity.options.root`` or ``SVHN_ROOT``/``CIFAR10_ROOT``);
+    present (roots from ``ood.sanity.options.root``, ``SVHN_ROOT``/``CIFAR10_ROOT``, ``data/<name>``, or the
+    workplace's ``shared/data`` copies; SVHN needs only its test split here);
     the bundled digits against the synthetic set; otherwise the procedural
     ``synthetic`` set (smooth colour patterns: offline, always available).
     """
@@ -45,9 +46,11 @@ def resolve_sanity_data(in_name: str, spec: dict) -> dict | None:
     if data != "auto":
         return {"name": data, **options}
     if in_name == "cifar10":
-        root = options.get("root") or os.environ.get("SVHN_ROOT", "data/svhn")
-        if _available("svhn", {"root": root}):
-            return {"name": "svhn", "root": root}
+        from ..data.svhn import SHARED_SVHN
+
+        for root in [options.get("root"), os.environ.get("SVHN_ROOT"), "data/svhn", str(SHARED_SVHN)]:
+            if root and _available("svhn", {"root": root}):
+                return {"name": "svhn", "root": root}
     if in_name == "svhn":
         from ..data.cifar10 import SHARED_JPEG
 
@@ -98,7 +101,8 @@ def sanity_check(det: ActivationDetector, model2: models.StitchableNetwork, laye
     e_in, _ = detector_outputs(det, acts_in)
     m = ood_scores_metrics(-e_in, -e_out)
     return {"data": spec["name"], **m, "samples_in": len(e_in), "samples_out": len(e_out),
-            "energy_in_mean": float(e_in.mean()), "energy_out_mean": float(e_out.mean())}
+            "energy_in_mean": float(e_in.mean()), "energy_out_mean": float(e_out.mean()),
+            "energy_out_percentiles": energy_percentiles(e_out)}
 
 
 def ensure_sanity(det: ActivationDetector, meta: dict, model2, layer: str, dm: ImageDataModule, spec: dict,
@@ -109,7 +113,8 @@ def ensure_sanity(det: ActivationDetector, meta: dict, model2, layer: str, dm: I
     if resolved is None:
         return {}
     skey = json.dumps({**resolved, "samples": spec["samples"]}, sort_keys=True)
-    if skey in meta["sanity"]:
+    meta["sanity_key"] = skey  # which of meta["sanity"] is this study's check
+    if skey in meta["sanity"] and "energy_out_percentiles" in meta["sanity"][skey]:
         meta["sanity_auroc"] = meta["sanity"][skey]["auroc"]
         return meta["sanity"][skey]
     t = time.time()

@@ -68,3 +68,14 @@ def energy_summary(e: torch.Tensor, prefix: str) -> dict[str, float]:
            f"{prefix}_q50": float(q[1]), f"{prefix}_q95": float(q[2])}
     assert all(math.isfinite(v) for v in out.values())
     return out
+
+
+PERCENTILES = tuple(range(0, 101))  # 0, 1, ..., 100 %
+
+
+def energy_percentiles(e: torch.Tensor) -> list[float]:
+    """The 0, 1, ..., 100th percentiles of energies: a distribution small enough for a record (paper 2
+    Fig. 1c is drawn from these, never by re-running a network)."""
+    e = _as_1d(e, "energies")
+    q = torch.quantile(e, torch.tensor(PERCENTILES, dtype=torch.float64) / 100)
+    return [round(float(v), 4) for v in q]

@@ -76,7 +76,7 @@ _CONV_KEYS = {"arch", "options", "input_size"}
 _TOKEN_KEYS = {"depth", "heads", "mlp_ratio"}
 _ENERGY_KEYS = {"epochs", "lr", "weight", "m_in", "m_out"}
 _OUTLIER_KEYS = {"sources", "datasets", "grayscale"}
-_SANITY_KEYS = {"data", "options", "samples"}
+_SANITY_KEYS = {"data", "options", "samples", "min_auroc"}
 
 
 def _check_keys(block: Any, valid: set[str], where: str) -> dict:
@@ -262,7 +262,11 @@ def detector_config(ood_cfg: dict | None) -> DetectorConfig:
 
 
 def sanity_config(ood_cfg: dict | None) -> dict:
-    """The ``ood.sanity`` block with defaults: ``{"data": "auto", "options": {}, "samples": 1000}``."""
+    """The ``ood.sanity`` block with defaults: ``{"data": "auto", "options": {}, "samples": 1000, "min_auroc": 0.9}``.
+
+    ``min_auroc``: a detector whose sanity AUROC is below it cannot tell a genuinely different data set
+    from the real one, so its AUROC of a stitch is not evidence that the stitch is in-distribution
+    (records flag it: ``ood/detector_trusted`` 0)."""
     s = _check_keys((ood_cfg or {}).get("sanity"), _SANITY_KEYS, "ood.sanity")
     data = s.get("data", "auto")
     # "none"/"null" (strings): skip, as resolve_sanity_data reads them
@@ -275,5 +279,8 @@ def sanity_config(ood_cfg: dict | None) -> dict:
         raise ConfigError(f"ood.sanity.options={options!r}: expected a mapping (key: value) of data-set options")
     if data in data_lib.list_datasets():  # auto: the options are roots for the chosen set
         _check_data_options(data, dict(options), "ood.sanity.options")
+    min_auroc = _float(s.get("min_auroc", 0.9), "ood.sanity.min_auroc", nonneg=True)
+    if min_auroc > 1:
+        raise ConfigError(f"ood.sanity.min_auroc={min_auroc!r}: expected an AUROC between 0 and 1")
     return {"data": data, "options": dict(options),
-            "samples": _int(s.get("samples", 1000), "ood.sanity.samples", 2)}
+            "samples": _int(s.get("samples", 1000), "ood.sanity.samples", 2), "min_auroc": min_auroc}

@@ -12,7 +12,8 @@ from .cache import OODCache
 from .energy import energy
 from .networks import ActivationDetector
 from .registry import get_detector
-from .scoring import energy_summary, ood_scores_metrics
+from .scoring import PERCENTILES, energy_percentiles, energy_summary, ood_scores_metrics
+from .settings import sanity_config
 
 
 @torch.no_grad()
@@ -51,13 +52,19 @@ def stitch_energies(net: StitchedNetwork, source: FeatureSource, detector: Activ
 
 def ood_metrics(net: StitchedNetwork, source: FeatureSource, key2, ood_cfg: dict | None, data_cfg: dict | None,
                 store_root: str | Path | None, dm, cache: OODCache | None = None) -> dict[str, float | None]:
-    """Paper 2's OOD score of one stitched network, for its result record.
+    """The ``ood/*`` metrics of :func:`ood_scores` (scalars only)."""
+    return ood_scores(net, source, key2, ood_cfg, data_cfg, store_root, dm, cache)["metrics"]
+
+
+def ood_scores(net: StitchedNetwork, source: FeatureSource, key2, ood_cfg: dict | None, data_cfg: dict | None,
+               store_root: str | Path | None, dm, cache: OODCache | None = None) -> dict:
+    """Paper 2's OOD score of one stitched network, for its result record: ``{"metrics", "energies"}``.
 
     ``ood_cfg`` is the study's ``ood:`` block, ``data_cfg`` its ``data:`` block (part
     of the detector's identity), ``store_root`` the model store, ``key2`` model 2's
     :class:`~stitch.store.DonorKey` and ``dm`` the study's data module. The detector
     for (model 2, target layer) is taken from ``cache``, loaded from the model store
-    or trained there once. Keys:
+    or trained there once. ``metrics`` (scalars, the record's ``metrics``):
 
     * ``ood/auroc``, ``ood/aupr``, ``ood/fpr95``: in-distribution (model 2's own
       activations) positive, score = -energy;
@@ -66,7 +73,13 @@ def ood_metrics(net: StitchedNetwork, source: FeatureSource, key2, ood_cfg: dict
       ``ood/detector_acc_stitched`` on the stitched ones;
     * ``ood/sanity_auroc``: the detector's AUROC for a genuinely different data set
       (see :func:`~stitch.ood.sanity.sanity_check`), ``ood/outlier_auroc`` for
-      held-out auxiliary outliers.
+      held-out auxiliary outliers; ``ood/detector_trusted``: 1 when the sanity AUROC
+      reaches ``ood.sanity.min_auroc`` (0: this detector's AUROC cannot call a stitch
+      in-distribution), None without a sanity check.
+
+    ``energies`` (the record's ``ood_energies``, paper 2 Fig. 1c): the 0..100th percentiles
+    of the detector's energies on model 2's own activations (``in``), on the stitched ones
+    (``stitched``) and on the sanity set (``sanity``, named by ``sanity_data``).
     """
     ood_cfg = ood_cfg or {}
     detector, meta = get_detector(net.back, key2, net.target_layer, dm, ood_cfg, store_root, source.device,
@@ -78,7 +91,14 @@ def ood_metrics(net: StitchedNetwork, source: FeatureSource, key2, ood_cfg: dict
         out.update({f"ood/{k}": v for k, v in energy_summary(e, name).items()})
     out["ood/detector_acc"] = float((r["pred_in"] == r["y"]).float().mean())
     out["ood/detector_acc_stitched"] = float((r["pred_stitched"] == r["y"]).float().mean())
-    out["ood/sanity_auroc"] = meta.get("sanity_auroc")
+    sanity_auroc = meta.get("sanity_auroc")
+    out["ood/sanity_auroc"] = sanity_auroc
+    out["ood/detector_trusted"] = None if sanity_auroc is None else \
+        float(sanity_auroc >= sanity_config(ood_cfg)["min_auroc"])
     out["ood/outlier_auroc"] = (meta.get("metrics") or {}).get("outlier_auroc")
     out["ood/samples"] = len(r["y"])
-    return out
+    sanity = (meta.get("sanity") or {}).get(meta.get("sanity_key"), {})
+    energies = {"percentiles": list(PERCENTILES), "in": energy_percentiles(r["in"]),
+                "stitched": energy_percentiles(r["stitched"]), "sanity_data": sanity.get("data"),
+                "sanity": sanity.get("energy_out_percentiles"), "detector": meta.get("path")}
+    return {"metrics": out, "energies": energies}

@@ -97,7 +97,9 @@ def train_detector(model2: models.StitchableNetwork, layer: str, dm: ImageDataMo
                     sums[k] += v
             history.append({"phase": "energy" if energy_phase else "classify", "epoch": epoch,
                             **{k: v / max(1, n_b) for k, v in sums.items()}})
-            log.debug("detector %s %s epoch %d: %s", layer, history[-1]["phase"], epoch, history[-1])
+            h = history[-1]
+            log.info("detector %s %s epoch %d/%d: loss %.3f, acc %.3f, %.0f s", layer, h["phase"], epoch + 1, epochs,
+                     h["loss"], h["acc"], time.time() - t0)
 
     run_phase(cfg.epochs, cfg.lr, False, None)
     t1 = time.time()

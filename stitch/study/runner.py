@@ -32,7 +32,9 @@ from ..fileio import save_torch, write_json
 from ..hardware import hardware_name
 from ..matching.fitting import PairContext, fit_direct, fit_task_loss
 from ..progress import StudyProgress
+from ..results import read_record
 from ..settings import LoggerSettings, StudySettings, study_settings
+from ..supervisor import crashed_runs, mark_run
 from ..version import code_version
 from .assembly import Study
 from .records import HOST, done_before, finished, record_path, run_identity, stitch_path
@@ -69,6 +71,9 @@ def _run(study: Study, ctx: PairContext, name: str, progress: StudyProgress, wan
     head = {"run": slug, "study": s.study, "layer": L, "target_layer": M, "method": name, "kind": m.kind,
             "variant": m.name, "seed": s.seed, "layer_index": ctx.m1.layers.index(L),
             "target_layer_index": ctx.m2.layers.index(M)}
+    if slug in crashed_runs():  # it killed an earlier process of this invocation (stitch/supervisor.py)
+        progress.skip(label, "crashed the process (recorded as failed)")
+        return read_record(record_path(s.results_dir, slug))
     done = done_before(s.results_dir, slug, force=s.force, save_stitch=s.save_stitch, precision=study.precision)
     if done is not None:
         log.info("skip %s (finished; force=true reruns)", slug)
@@ -88,6 +93,7 @@ def _run(study: Study, ctx: PairContext, name: str, progress: StudyProgress, wan
                "config": semantic, "code_version": code_version(), "device": str(study.device),
                "precision": study.precision, "hardware": hardware_name(study.device), "host": HOST, "pid": os.getpid(),
                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "warnings": []}
+        mark_run({"record_path": str(record_path(s.results_dir, slug)), "claim_path": str(claim.path), "head": rec})
         run_progress = progress.start(label)
         wb = _open_wandb(wandb_cfg, slug, semantic, name)
         t = time.time()
@@ -107,6 +113,7 @@ def _run(study: Study, ctx: PairContext, name: str, progress: StudyProgress, wan
             _finish_wandb(wb, rec)
             rec["warnings"] += wb.warnings
         write_json(record_path(s.results_dir, slug), rec)
+        mark_run(None)
         run_progress.done(rec["status"])
         return rec
     finally:
@@ -123,13 +130,19 @@ def _fit_and_evaluate(study: Study, ctx: PairContext, name: str, slug: str, run_
     sim = s.similarity
     metrics = evaluate(net, ctx.source, study.data.multilabel, "test", list(sim.indices), sim.samples, sim.mode,
                        sim.raw)
-    if s.ood.enabled:
-        from ..ood import ood_metrics
-
-        metrics.update(ood_metrics(net, ctx.source, study.model2.key, s.ood.as_dict(), s.data.as_dict(), s.store,
-                                   study.data, cache=study.ood_cache))
-    history = info.pop("history", None)
     out = {}
+    if s.ood.enabled:
+        from ..ood import ood_scores
+
+        ood = ood_scores(net, ctx.source, study.model2.key, s.ood.as_dict(), s.data.as_dict(), s.store, study.data,
+                         cache=study.ood_cache)
+        metrics.update(ood["metrics"])
+        out["ood_energies"] = ood["energies"]
+        if ood["metrics"]["ood/detector_trusted"] == 0:
+            out["warnings"] = [f"the OOD detector of {ctx.M} fails its sanity check ({ood['energies']['sanity_data']} "
+                               f"AUROC {ood['metrics']['ood/sanity_auroc']:.3f} < ood.sanity.min_auroc): its AUROC "
+                               f"cannot call this stitch in-distribution"]
+    history = info.pop("history", None)
     if s.save_stitch:
         # written before the record, so a record with stitch_file always has its file
         save_torch(stitch_path(s.results_dir, slug),

@@ -695,6 +695,19 @@ def heatmap(ax, mat: pd.DataFrame, kind: str, title: str, annotate: bool):
                     ax.text(j, i, "×", ha="center", va="center", fontsize=7, color="0.4")
 
 
+def _hatch_untrusted(ax, runs: pd.DataFrame, targets: list[str]) -> set[str]:
+    """Hatch the AUROC columns whose detector failed its sanity check (``ood/detector_trusted`` 0); their names."""
+    key = "ood/detector_trusted.mean"
+    if key not in runs:
+        return set()
+    bad = set(runs[runs[key] < 1]["target_layer"])
+    for j, t in enumerate(targets):
+        if t in bad:
+            ax.add_patch(plt.Rectangle((j - 0.5, -0.5), 1, len(ax.get_yticks()), fill=False, hatch="///",
+                                       edgecolor="0.35", lw=0))
+    return bad
+
+
 def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = None,
                    pair_filter: Callable[[pd.DataFrame], pd.Series] | None = None) -> list[Path]:
     agg = ctx.agg[ctx.agg["n_runs"] > 0].copy()
@@ -723,6 +736,7 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
     annotate = n_layers <= 10
     fig, axes = plt.subplots(len(rows), ncols, figsize=(ncols * (side + 1.0), len(rows) * (side + 1.0) + 0.7),
                              squeeze=False, layout="constrained")
+    untrusted: set[str] = set()
     for r, row in enumerate(rows):
         for c, (pair, m, (metric, kind)) in enumerate(row):
             ax = axes[r, c]
@@ -736,9 +750,14 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
                                                                       columns=layer_order(gp, "target_layer"))
             what = "relative accuracy" if kind == "acc" else "OOD AUROC"
             heatmap(ax, mat, kind, f"{_labels(gm).iloc[0]}: {what}\n{pair}", annotate)
+            if kind == "auroc":
+                untrusted |= _hatch_untrusted(ax, gm, list(mat.columns))
         for c in range(len(row), ncols):
             axes[r, c].axis("off")
     note = "" if with_auroc else " (no OOD AUROC in these records: run with ood.enabled=true to add it)"
+    if untrusted:
+        note += (f" Hatched: target layers whose detector fails its sanity check ({', '.join(sorted(untrusted))}); "
+                 f"their AUROC cannot call a stitch in-distribution.")
     suptitle(fig, ctx, cap + note, width=45 * ncols + 10)
     return save(fig, ctx)
 
@@ -747,8 +766,83 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
           lambda r: _is_matrix(r) and bool(col(r, "self_stitch").fillna(False).astype(bool).any()))
 def p2_fig1(ctx: FigureContext) -> list[Path]:
     tlm = [m for m in _order_methods(ctx.agg["method"]) if str(m).startswith("tlm")] or None
-    return _matrix_figure(ctx, FIGURES["p2_fig1"].caption, tlm,
-                          lambda a: col(a, "self_stitch").fillna(False).astype(bool))
+    paths = _matrix_figure(ctx, FIGURES["p2_fig1"].caption, tlm,
+                           lambda a: col(a, "self_stitch").fillna(False).astype(bool))
+    return paths + p2_fig1_energies(ctx)
+
+
+def _energy_density(percentiles: list[float], values: list[float], edges: np.ndarray) -> np.ndarray:
+    """Density on ``edges`` of a distribution known by its percentiles (the CDF is linear between them)."""
+    cdf = np.interp(edges, np.asarray(values, float), np.asarray(percentiles, float) / 100, left=0.0, right=1.0)
+    return np.diff(cdf) / np.diff(edges)
+
+
+def _read_energies(paths) -> list[dict]:
+    from ..results import read_record
+
+    out = []
+    for p in paths:
+        try:
+            e = read_record(p).get("ood_energies")
+        except (OSError, ValueError):
+            continue
+        if e:
+            out.append(e)
+    return out
+
+
+def p2_fig1_energies(ctx: FigureContext, target: str | None = None) -> list[Path]:
+    """Paper 2 Fig. 1(c): the detector's energies for one target layer (default: the first), in-distribution
+    (model 2's own activations) and the sanity set above, the stitched activations from every source below.
+    Drawn from the records' ``ood_energies`` percentiles."""
+    runs = ctx.ok
+    if not len(runs) or "record_path" not in runs:
+        return []
+    runs = runs[col(runs, "self_stitch").fillna(False).astype(bool) & (col(runs, "kind") == "tlm")]
+    if not len(runs):
+        return []
+    target = target or layer_order(runs, "target_layer")[0]
+    runs = runs[runs["target_layer"] == target]
+    sources = [L for L in layer_order(runs, "layer")]
+    rows = []
+    for L in sources:
+        got = _read_energies(runs[runs["layer"] == L]["record_path"])
+        if got:
+            auroc = float(runs[runs["layer"] == L][AUROC].mean()) if AUROC in runs else float("nan")
+            rows.append((L, got[0], auroc))
+    if not rows:
+        return []
+    ref = rows[0][1]
+    pct = ref["percentiles"]
+    everything = [v for _, e, _ in rows for v in e["stitched"]] + ref["in"] + (ref.get("sanity") or [])
+    lo, hi = np.percentile(everything, [0.5, 99.5])
+    edges = np.linspace(lo, hi, 80)
+    mid = (edges[:-1] + edges[1:]) / 2
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 5.6), sharex=True, layout="constrained")
+    top.fill_between(mid, _energy_density(pct, ref["in"], edges), color="#2a9d8f", alpha=0.45,
+                     label=f"in-distribution: model 2's own {target} (test)")
+    if ref.get("sanity"):
+        sanity_auroc = runs[col(runs, "ood/sanity_auroc").notna()]["ood/sanity_auroc"] if "ood/sanity_auroc" in runs \
+            else pd.Series(dtype=float)
+        extra = f", detector AUROC {float(sanity_auroc.iloc[0]):.3f}" if len(sanity_auroc) else ""
+        name = _DATA_LABELS.get(ref.get("sanity_data"), ref.get("sanity_data"))
+        top.fill_between(mid, _energy_density(pct, ref["sanity"], edges), color="#e76f51", alpha=0.45,
+                         label=f"OOD: {name} through model 2{extra}")
+    top.set_title(f"target layer {target}: real activations")
+    top.set_ylabel("density")
+    top.legend(loc="upper right")
+    cmap = plt.get_cmap("viridis")
+    for i, (L, e, auroc) in enumerate(rows):
+        c = cmap(i / max(1, len(rows) - 1))
+        bottom.plot(mid, _energy_density(pct, e["stitched"], edges), color=c, lw=1.4,
+                    label=f"{L} (AUROC {auroc:.2f})")
+    bottom.plot(mid, _energy_density(pct, ref["in"], edges), color="black", lw=1.0, ls="--", label="in-distribution")
+    bottom.set_title(f"TLM stitches into {target}, one curve per source layer")
+    bottom.set_xlabel("detector energy  E = -logsumexp(logits)  (low: in-distribution)")
+    bottom.set_ylabel("density")
+    bottom.legend(loc="upper right", ncol=2, fontsize=7)
+    suptitle(fig, ctx, "Paper 2 Fig. 1(c): OOD detector energies, real vs TLM-stitched activations", runs, width=80)
+    return save(fig, ctx, f"{ctx.name}-energies")
 
 
 @register("p2_fig2", "fig-p2-2", "Paper 2 Fig. 2: intra- and inter-network similarity and OOD, TLM vs DM",
