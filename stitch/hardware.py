@@ -22,3 +22,13 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def peak_memory_gb() -> float:
+    """This process's peak resident memory so far, in GiB (Linux and macOS; 0 where unknown)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if platform.system() == "Darwin" else peak / 2**20  # bytes on macOS, KiB elsewhere

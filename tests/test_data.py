@@ -257,14 +257,18 @@ def test_cifar10_reads_image_folder_and_packed_layouts(tmp_path):
     a = data.build("cifar10", root=str(folder))
     b = data.build("cifar10", root=str(packed))
     assert a.size("train") == b.size("train") == 20 and a.size("test") == 20
-    # the same JPEGs decode to the same pixels whichever layout holds them (folder order is by class)
+    # the same JPEGs decode to the same pixels whichever layout holds them, paired with the same labels
     xb, yb = b.tensors("test")
     xa, ya = a.tensors("test")
-    order = np.argsort(labels["test"], kind="stable")
-    assert torch.equal(xa, xb[order]) and torch.equal(ya, yb[order])
-    assert (packed / "decoded-npz.pt").is_file()  # decoded once, cached
+    pairs = lambda x, y: sorted((bytes(xi.flatten().tolist()), int(yi)) for xi, yi in zip(x, y))  # noqa: E731
+    assert pairs(xa, ya) == pairs(xb, yb)
+    # both are read in one fixed mixed order (the files may be sorted by class): "the first n images" of a
+    # split, which train_limit and similarity samples take, are a sample of every class
+    perm = torch.randperm(20, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(yb, torch.from_numpy(labels["test"])[perm])
+    assert (packed / "decoded-npz.v2.pt").is_file()  # decoded once, cached
     c = data.build("cifar10", root=str(packed))
-    assert torch.equal(c.tensors("test")[0], xb)
+    assert torch.equal(c.tensors("test")[0], xb) and torch.equal(c.tensors("test")[1], yb)
 
 
 @pytest.mark.realdata
@@ -273,6 +277,9 @@ def test_real_cifar10_jpegs():
     dm = data.build("cifar10", root=str(SHARED_JPEG), cache=False)
     assert dm.size("train") == 50000 and dm.size("test") == 10000
     assert torch.bincount(dm.tensors("test")[1]).tolist() == [1000] * 10
+    # the packed copy is stored class by class; read, it is mixed: the first 1,000 images hold every class
+    first = torch.bincount(dm.tensors("test")[1][:1000], minlength=10)
+    assert first.min() > 60 and first.max() < 140
 
 
 def _svhn_npz(path, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@
 * the packed JPEG arrays ``train.npz``/``test.npz`` of that copy (read directly).
 
 Images are decoded once; the decoded uint8 tensors are cached next to the data
-(``decoded-<layout>.pt``, loaded with ``weights_only=True``) so later runs start in
+(``decoded-<layout>.v2.pt``, loaded with ``weights_only=True``) so later runs start in
 a second.
 """
 from __future__ import annotations
@@ -22,6 +22,8 @@ from ..errors import DataNotFoundError
 from .base import CIFAR_MEAN, CIFAR_STD, ImageDataModule, set_normalization
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# v2: class-sorted layouts are stored in their mixed order (mix_classes); v1 files (decoded-<layout>.pt) are removed
+CACHE_VERSION = "v2"
 SHARED_JPEG = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10-jpeg"
 
 
@@ -53,6 +55,17 @@ def read_packed_jpeg(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     jpeg, offsets = z["jpeg"], z["offsets"]
     blobs = (jpeg[offsets[i]:offsets[i + 1]].tobytes() for i in range(len(offsets) - 1))
     return decode_images(blobs), torch.from_numpy(z["labels"].astype(np.int64))
+
+
+def mix_classes(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split stored class by class (an image folder, the packed JPEG copy), in one fixed shuffled order.
+
+    The code takes "the first n images" of a split in many places (``train_limit``, similarity
+    samples, detector statistics and sanity checks); on a class-sorted split those would be one or
+    two classes. torchvision's official files are already in this kind of mixed order. The
+    permutation is fixed (seed 0), so every run sees the same order."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    return images[order].contiguous(), labels[order]
 
 
 class CIFAR10DataModule(ImageDataModule):
@@ -94,12 +107,12 @@ class CIFAR10DataModule(ImageDataModule):
         """Next to the data, or in the user's cache when the data directory is read-only (a shared copy)."""
         # write bits, not os.access: root may write anywhere, but a directory laid out read-only is not ours
         if os.access(self.root, os.W_OK) and self.root.stat().st_mode & 0o222:
-            return self.root / f"decoded-{layout}.pt"
+            return self.root / f"decoded-{layout}.{CACHE_VERSION}.pt"
         import hashlib
 
         digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
         base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stitch" / f"cifar10-{digest}"
-        return base / f"decoded-{layout}.pt"
+        return base / f"decoded-{layout}.{CACHE_VERSION}.pt"
 
     def load(self):
         layout = self._detect()
@@ -116,10 +129,10 @@ class CIFAR10DataModule(ImageDataModule):
                 out[split] = (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
                               torch.tensor(ds.targets, dtype=torch.int64))
         elif layout == "folder":
-            out = {s: read_image_folder(self.root / s, CLASSES if (self.root / s / CLASSES[0]).is_dir() else None)
-                   for s in ("train", "test")}
+            out = {s: mix_classes(*read_image_folder(self.root / s, CLASSES if (self.root / s / CLASSES[0]).is_dir()
+                                                     else None)) for s in ("train", "test")}
         elif layout == "npz":
-            out = {s: read_packed_jpeg(self.root / f"{s}.npz") for s in ("train", "test")}
+            out = {s: mix_classes(*read_packed_jpeg(self.root / f"{s}.npz")) for s in ("train", "test")}
         else:
             raise DataNotFoundError(f"unknown CIFAR-10 layout {layout!r}; use auto, torchvision, folder or npz")
         if self.cache:
@@ -128,6 +141,7 @@ class CIFAR10DataModule(ImageDataModule):
                 tmp = cache.with_suffix(f".tmp{os.getpid()}")
                 torch.save({k: {"x": x, "y": y} for k, (x, y) in out.items()}, tmp)
                 os.replace(tmp, cache)
+                cache.with_name(f"decoded-{layout}.pt").unlink(missing_ok=True)  # the class-sorted v1 file
             except OSError:
                 pass
         return out

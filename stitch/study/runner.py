@@ -29,7 +29,7 @@ from .. import claims
 from ..errors import ConfigError
 from ..evaluation import evaluate
 from ..fileio import save_torch, write_json
-from ..hardware import hardware_name
+from ..hardware import hardware_name, peak_memory_gb
 from ..matching.fitting import PairContext, fit_direct, fit_task_loss
 from ..progress import StudyProgress
 from ..results import read_record
@@ -54,6 +54,9 @@ def run_study(cfg: dict | StudySettings) -> list[dict]:
     for ctx in study.pairs():
         for name in s.method:
             records.append(_run(study, ctx, name, progress, wandb_cfg, study_start))
+    budget = study.cache.budget / 2**30 if study.cache is not None else 0.0
+    log.info("study %s: %d runs in %.0f s; peak memory %.2f GiB (activation cache budget %.2f GiB)", s.study,
+             len(records), time.time() - t0, peak_memory_gb(), budget)
     for i, r in enumerate(records):  # runs claimed by others: not waited for, but shown finished if they are
         if r["status"] == "claimed":
             records[i] = finished(record_path(s.results_dir, r["run"])) or r
@@ -109,6 +112,7 @@ def _run(study: Study, ctx: PairContext, name: str, progress: StudyProgress, wan
             rec.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(),
                        timings={"run_s": time.time() - t})
         rec["timings"]["study_load_s"] = study.load_s
+        rec["timings"]["peak_rss_gb"] = round(peak_memory_gb(), 3)  # the process's, so far (a study's peak is its last)
         if wb is not None:
             _finish_wandb(wb, rec)
             rec["warnings"] += wb.warnings
