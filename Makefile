@@ -67,7 +67,7 @@ LMC_ARGS = $(if $(filter smoke,$(SCALE)),lmc.min_relative_acc=0.3,)
 # Fig. 1's: same run ids, done once) and the real SVHN test digits are the detectors' sanity set
 P2_RELEASED = $(and $(filter released,$(SCALE)),$(filter p2_%,$(1)))
 study_results = $(RESULTS)/$(if $(P2_RELEASED),p2,$(1))_$(SCALE)
-study_args = $(SCALE_ARGS) $(if $(P2_RELEASED),ood.sanity.options.root=$(SVHN_TEST))
+study_args = $(SCALE_ARGS) $(if $(P2_RELEASED),++ood.sanity.options.root=$(SVHN_TEST))
 
 # $(call figure,<study>,<sweep figure>,<target>[,<sweep.py defaults>[,<extra stitch.py run>[,<a step after
 # the study: stitch.py overrides, one plain run (no -m, no launcher) before sweep.py>[,<a second extra run>]]]])

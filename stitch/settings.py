@@ -339,7 +339,8 @@ class OODSettings(Section):
     detector: dict = setting(MAPPING, None)
     energy: dict = setting(MAPPING, None)
     outliers: dict = setting(MAPPING, None)
-    sanity: dict = setting(MAPPING, None)
+    # a check of the detector, not of the run: which set it uses adds a metric, never changes a stitch's score
+    sanity: dict = setting(MAPPING, None, results=False)
 
     def cross_check(self, prefix: str, problems: Problems) -> None:
         if self.enabled:
@@ -403,6 +404,20 @@ class LMCSettings(Section):
     max_pairs: int = setting(POS_INT, 4)  # per layer pair and pair type
 
 
+@dataclass(frozen=True)
+class ProbingSettings(Section):
+    """Ding et al.'s specificity and sensitivity tests of the study's indices (``step=probing``,
+    ``stitch/study/probing.py``)."""
+    title: ClassVar[str] = "probing settings"
+    train_limit: int | None = setting(or_null(POS_INT), 10000)  # images for probes, DM and TLM (a mixed sample)
+    test_limit: int | None = setting(or_null(POS_INT), None)
+    layers: list | None = setting(or_null(LAYERS), None)  # sensitivity layers; null: the study's source layers
+    levels: int = setting(Rule(lambda v: _int(v) and v >= 3, "an integer >= 3"), 6)  # deletion levels
+    order: str = setting(one_of("lowest", "highest"), "lowest")  # which principal components go first
+    tlm_epochs: int = setting(NONNEG_INT, 1)  # 0: no TLM in the sensitivity test
+    tlm_lr: float = setting(POSITIVE, 1e-3)
+
+
 _METHODS = {"tlm": TLMSettings, "dm": DMSettings}
 
 
@@ -441,8 +456,9 @@ class StudySettings(Section):
     donor: DonorSettings = section(DonorSettings, results=False)
     logger: LoggerSettings = section(LoggerSettings, results=False)
     # what stitch.py does: stitch (fit and record every run) | lmc (interpolate the saved layers of finished runs)
-    step: str = setting(one_of("stitch", "lmc"), "stitch", results=False)
+    step: str = setting(one_of("stitch", "lmc", "probing"), "stitch", results=False)
     lmc: LMCSettings = section(LMCSettings, results=False)
+    probing: ProbingSettings = section(ProbingSettings, results=False)
     force: bool = setting(BOOL, False, results=False)
     save_stitch: bool = setting(BOOL, False, results=False)
     print_table: bool = setting(BOOL, True, results=False)
@@ -501,6 +517,7 @@ class StudySettings(Section):
 
 _SECTIONS = {"data": DataSpec, "model1": ModelSpec, "model2": ModelSpec, "cache": CacheSettings,
              "similarity": SimilaritySettings, "ood": OODSettings, "donor": DonorSettings, "lmc": LMCSettings,
+             "probing": ProbingSettings,
              "logger": LoggerSettings}
 
 

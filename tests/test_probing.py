@@ -206,3 +206,40 @@ def test_specificity_for_every_matrix():
     assert {"tlm/relative_acc", "dm/relative_acc", "cka", "opd", "dm/dm_structural"} <= set(table["matrix"])
     assert (table["n"] == 6).all()
     assert "mean_spearman" in probing.specificity_for_matrices(mats, acc, by_reference=True)
+
+
+# ----------------------------------------------------------------- the probing step (stitch.py step=probing)
+@pytest.mark.slow
+def test_probing_step_tests_every_index_of_a_finished_study_and_draws_them(tmp_path, donor_store):
+    """step=probing reads the study's layer x layer records, probes the layers, runs specificity over the
+    pairs and sensitivity by PC deletion for TLM, DM, CKA, PWCCA and OPD, writes one record; sweep draws it."""
+    import json
+
+    from .conftest import SYNTH_OVERRIDES, run_script
+
+    common = [f"store={donor_store}", f"results_dir={tmp_path}/res", f"hydra.run.dir={tmp_path}/out",
+              *SYNTH_OVERRIDES, "layer=[relu6,relu7,relu8]", "target_layer=all", "model2.seed=0", "tlm.epochs=1",
+              "similarity.indices=[cka,pwcca,opd]", "similarity.samples=64"]
+    early = run_script("stitch.py", *common, "step=probing")
+    assert early.returncode == 2 and "run the study first" in early.stderr  # nothing to probe yet
+    r = run_script("stitch.py", *common, "target_layer=[relu6,relu7,relu8]")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_script("stitch.py", *common, "target_layer=[relu6,relu7,relu8]", "step=probing",
+                   "probing.train_limit=256", "probing.levels=3", "probing.layers=[relu8]")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (path,) = (tmp_path / "res" / "probing").glob("*.json")
+    rec = json.loads(path.read_text())
+    assert set(rec["probe_acc_model1"]) == {"relu6", "relu7", "relu8"}
+    assert all(0 <= v <= 1 for v in rec["probe_acc_model1"].values())
+    assert [row["index"] for row in rec["specificity"]] == ["dm relative accuracy", "tlm relative accuracy",
+                                                             "CKA", "PWCCA", "OPD"]
+    assert all(row["n"] == 6 for row in rec["specificity"])  # the 3 x 3 matrix without its diagonal
+    (sens,) = rec["sensitivity"]
+    assert sens["layer"] == "relu8" and set(sens["correlations"]) == {"cka", "pwcca", "opd", "dm", "tlm"}
+    assert sens["ks"][0] == 0 and len(sens["curve"]["probe_acc"]) == 3
+    # deleting no component leaves the representation itself: CKA 1, OPD 0
+    assert sens["curve"]["cka"][0] == pytest.approx(1.0, abs=1e-4) and sens["curve"]["opd"][0] == pytest.approx(0, abs=1e-3)
+    assert "specificity rho" in r.stdout
+    s = run_script("sweep.py", f"inputs=[{tmp_path}/res]", "figures=[p2_probing]", f"out={tmp_path}/fig")
+    assert s.returncode == 0, s.stderr[-2000:]
+    assert (tmp_path / "fig" / "fig-p2-probing.png").is_file()

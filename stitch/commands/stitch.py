@@ -24,6 +24,13 @@ def study(cfg) -> int:
     settings = study_settings(cli.to_dict(cfg))  # a typo fails here, before the training stack loads (seconds)
     if settings.step == "lmc":
         return lmc_step(settings)
+    if settings.step == "probing":
+        from stitch.study.probing import format_probing_table, run_probing
+
+        rec = run_probing(settings)
+        if settings.print_table:
+            print(format_probing_table(rec))
+        return 0
     from stitch.study import format_table, run_study
 
     records = run_study(settings)

@@ -8,6 +8,8 @@
 * :mod:`.runner` -- :func:`run_study`: every (layer pair, method) fitted, evaluated, recorded.
 * :mod:`.lmc` -- :func:`run_lmc` (``step=lmc``): linear mode connectivity of the saved stitching
   layers of finished runs, one record per pair of runs in ``<results_dir>/lmc/``.
+* :mod:`.probing` -- :func:`run_probing` (``step=probing``): Ding et al.'s specificity and sensitivity
+  tests of the finished study's indices, one record per model pair in ``<results_dir>/probing/``.
 
 Method fitting lives with the methods (``stitch/matching/fitting.py``).
 """

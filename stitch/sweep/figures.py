@@ -719,8 +719,11 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
     one_arch = agg[["model1.tag", "model2.tag"]].drop_duplicates().shape[0] == 1
     agg["pair"] = agg.apply(_pair_label, axis=1, with_arch=not one_arch)
     pairs = sorted(agg["pair"].unique(), key=lambda p: (0 if "intra" in p else 1, p))
-    methods = methods or _order_methods(agg["method"])
-    methods = [m for m in methods if m in set(agg["method"])]
+    # a method run in several variants (DM: paper 2's K = 100 and the full-data solve) is a matrix per variant
+    variant = col(agg, "variant").astype(object).where(col(agg, "variant").notna(), "")
+    several = agg.assign(v=variant).groupby("method")["v"].nunique()
+    agg["method_key"] = [f"{m}:{v}" if several.get(m, 1) > 1 else m for m, v in zip(agg["method"], variant)]
+    methods = [k for k in _order_methods(agg["method_key"]) if methods is None or k.split(":")[0] in methods]
     with_auroc = f"{AUROC}.mean" in agg and agg[f"{AUROC}.mean"].notna().any()
     metrics = [("relative_acc", "acc")] + ([(AUROC, "auroc")] if with_auroc else [])
     # Print layout, at most two heatmaps side by side (about a page width): with AUROC each row is
@@ -741,7 +744,7 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
         for c, (pair, m, (metric, kind)) in enumerate(row):
             ax = axes[r, c]
             gp = agg[agg["pair"] == pair]
-            gm = gp[gp["method"] == m]
+            gm = gp[gp["method_key"] == m]
             if not len(gm) or f"{metric}.mean" not in gm:
                 ax.axis("off")
                 continue
@@ -861,3 +864,59 @@ def p2_fig3(ctx: FigureContext) -> list[Path]:
           lambda r: _is_matrix(r) and bool((col(r, "model1.name") == "vit_tiny").any()))
 def p2_fig4(ctx: FigureContext) -> list[Path]:
     return _matrix_figure(ctx, FIGURES["p2_fig4"].caption)
+
+
+def _probing_records(runs: pd.DataFrame) -> list[dict]:
+    from ..fileio import read_json
+
+    out = []
+    for d in lmc_dirs(runs):  # the results directories the records came from
+        for f in sorted(Path(d).glob("probing/*.json")):
+            try:
+                out.append(read_json(f))
+            except (OSError, ValueError) as e:
+                log.warning("skipping unreadable probing record %s: %s", f, e)
+    return out
+
+
+def _has_probing(runs: pd.DataFrame) -> bool:
+    return bool(_probing_records(runs))
+
+
+_PROBE_KEYS = {"CKA": "cka", "PWCCA": "pwcca", "OPD": "opd"}
+
+
+@register("p2_probing", "fig-p2-probing", "Paper 2 / Ding et al.: specificity and sensitivity of the indices",
+          _has_probing)
+def p2_probing(ctx: FigureContext) -> list[Path]:
+    """Bars: each index's Spearman correlation with the probe-accuracy difference, over the layer pairs
+    (specificity) and over principal-component deletions (sensitivity, mean and range over layers)."""
+    cap = FIGURES["p2_probing"].caption
+    recs = _probing_records(ctx.runs)
+    if not recs:
+        return empty(ctx, cap, "no probing records: run stitch.py ... step=probing after the study")
+    fig, axes = plt.subplots(1, len(recs), figsize=(6.2 * len(recs), 3.8), squeeze=False, layout="constrained")
+    for ax, rec in zip(axes[0], recs):
+        names = [r["index"] for r in rec["specificity"]]
+        spec = [np.nan if r["spearman"] is None else r["spearman"] for r in rec["specificity"]]
+        sens_mean, sens_lo, sens_hi = [], [], []
+        for name in names:
+            key = _PROBE_KEYS.get(name) or name.split(" ")[0].split(":")[0]
+            vals = [c["correlations"][key]["spearman"] for c in rec["sensitivity"]
+                    if key in c["correlations"] and c["correlations"][key]["spearman"] is not None]
+            sens_mean.append(np.mean(vals) if vals else np.nan)
+            sens_lo.append(np.mean(vals) - np.min(vals) if vals else 0)
+            sens_hi.append(np.max(vals) - np.mean(vals) if vals else 0)
+        x = np.arange(len(names))
+        ax.bar(x - 0.2, spec, 0.4, color=TLM_COLOR, label="specificity (layer pairs)")
+        ax.bar(x + 0.2, sens_mean, 0.4, color=DM_COLOR, yerr=[sens_lo, sens_hi], capsize=2,
+               label=f"sensitivity (PC deletion, mean over {len(rec['sensitivity'])} layers; bars: range)")
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.set_xticks(x, [textwrap.fill(n, 14) for n in names], fontsize=7)
+        ax.set_ylim(-1, 1)
+        ax.set_ylabel("Spearman ρ with |Δ probe accuracy|  (higher: better)")
+        m1, m2 = rec["model1"]["key"], rec["model2"]["key"]
+        ax.set_title(f"{m1} → {m2}" + (" (self)" if rec.get("self_stitch") else ""), fontsize=8)
+        ax.legend(loc="lower left", fontsize=7)
+    fig.suptitle(textwrap.fill(ctx.title or cap, 100), fontsize=STYLE["figure.titlesize"])
+    return save(fig, ctx)
