@@ -85,7 +85,7 @@ def evaluate(net: StitchedNetwork, source: FeatureSource, multilabel: bool, spli
     n = 0
     sums = {k: torch.zeros((), dtype=torch.float64, device=device)
             for k in ("stitched", "model1", "model2", "ce", "ce_identity", "agree", "structural")}
-    identity_ok = need_identity = None
+    identity_ok = need_identity = need_model1 = None
     batches = 0
     keep_s, keep_a, keep_b = [], [], []
     kept = 0
@@ -93,19 +93,23 @@ def evaluate(net: StitchedNetwork, source: FeatureSource, multilabel: bool, spli
         with autocast(device, source.precision):
             s = net.stitch(batch.a)
             logits = net.head(s).float()
-            a1 = batch.a if torch.is_autocast_enabled(device.type) else batch.a.float()
-            logits1 = net.front.forward_from(a1, net.layer).float()
         z2, y, b = batch.z2.float(), batch.y, batch.b
         if identity_ok is None:
             identity_ok = tuple(batch.a.shape[1:]) == tuple(b.shape[1:])
-            # the baseline does not depend on the stitch: computed once per pair (source), reused by its runs
+            # neither the baseline nor model 1's accuracy depends on the stitch: computed once per pair
+            # (source), reused by its runs (a layer x layer matrix would run model 1's back half N^2 times)
             need_identity = identity_ok and getattr(source, "identity_ce", None) is None
+            need_model1 = getattr(source, "model1_acc", None) is None
+        if need_model1:
+            with autocast(device, source.precision):
+                a1 = batch.a if torch.is_autocast_enabled(device.type) else batch.a.float()
+                logits1 = net.front.forward_from(a1, net.layer).float()
+            sums["model1"] += _correct(logits1, y, multilabel).sum()
         if need_identity:
             with autocast(device, source.precision):
                 logits_id = net.head(batch.a if torch.is_autocast_enabled(device.type) else batch.a.float()).float()
             sums["ce_identity"] += soft_cross_entropy(logits_id, z2, multilabel=multilabel, reduction="none").sum()
         sums["stitched"] += _correct(logits, y, multilabel).sum()
-        sums["model1"] += _correct(logits1, y, multilabel).sum()
         sums["model2"] += _correct(z2, y, multilabel).sum()
         sums["ce"] += soft_cross_entropy(logits, z2, multilabel=multilabel, reduction="none").sum()
         pred_s, pred_2 = _predictions(logits, multilabel), _predictions(z2, multilabel)
@@ -125,8 +129,10 @@ def evaluate(net: StitchedNetwork, source: FeatureSource, multilabel: bool, spli
     acc_s = float(sums["stitched"] / n)
     if identity_ok and need_identity:
         source.identity_ce = float(sums["ce_identity"] / n)
+    if need_model1:
+        source.model1_acc = float(sums["model1"] / n)
     metrics: dict[str, float | None] = {
-        "stitched_acc": acc_s, "model1_acc": float(sums["model1"] / n), "model2_acc": acc2,
+        "stitched_acc": acc_s, "model1_acc": source.model1_acc, "model2_acc": acc2,
         "relative_acc": acc_s / acc2 if acc2 > 0 else None,
         "cross_entropy": float(sums["ce"] / n), "cross_entropy_paper1": float(sums["ce"] / n) / classes,
         "identity_cross_entropy": source.identity_ce if identity_ok else None,
@@ -139,7 +145,11 @@ def evaluate(net: StitchedNetwork, source: FeatureSource, multilabel: bool, spli
         S, A, B = torch.cat(keep_s), torch.cat(keep_a), torch.cat(keep_b)
         for k, v in similarities(S, B, names, similarity_mode).items():
             metrics[f"sim/{k}"] = v
-        if raw_similarity:
-            for k, v in similarities(A, B, names, similarity_mode).items():
+        if raw_similarity:  # A vs B: the same for every run of the pair (TLM and DM), computed once
+            key = (tuple(names), similarity_mode, kept)
+            known = source.raw_similarity
+            if key not in known:
+                known[key] = similarities(A, B, names, similarity_mode)
+            for k, v in known[key].items():
                 metrics[f"sim_raw/{k}"] = v
     return metrics

@@ -116,7 +116,11 @@ class FeatureSource:
         self.cache_dtype = cache_dtype
         self.batch_size = batch_size
         self.limits = limits or {}
-        self.identity_ce: float | None = None  # paper 1's no-transformation baseline, set by evaluation
+        # what evaluation computes once per pair, not per run: paper 1's no-transformation baseline,
+        # model 1's own accuracy, the indices between the raw A and B
+        self.identity_ce: float | None = None
+        self.model1_acc: float | None = None
+        self.raw_similarity: dict = {}
 
     # --------------------------------------------------------------- frozen parts
     @torch.no_grad()

@@ -212,3 +212,26 @@ def test_nan_loss_raises_training_diverged(donor_store):
         net.stitch.bias.fill_(float("nan"))
     with pytest.raises(TrainingDiverged, match="try a lower tlm.lr"):
         train_task_loss(net, ctx.source, TLMSettings(**{**TLM, "epochs": 1}), multilabel=False)
+
+
+def test_the_activation_cache_shares_one_network_s_layers_and_keeps_within_its_budget(donor_store):
+    """A layer x layer matrix: in self-stitching A at L is B at L (computed once), and however many layers
+    pass through, the cache never holds more than its budget; served batches equal the streamed ones."""
+    m1, _ = _donors(donor_store)
+    dm = data.build("synthetic", **{k: v for k, v in SYNTH.items() if k != "name"})
+    dm.setup()
+    per_layer = {L: 384 * int(np.prod(s)) * 4 for L, s in m1.layer_shapes((3, 32, 32)).items()}
+    budget = per_layer["relu2"] + per_layer["relu6"] + 2**16  # room for two layers (and labels, logits)
+    cache = ActivationCache(budget)
+    for L, M in [("relu2", "relu2"), ("relu2", "relu6"), ("relu6", "relu2"), ("relu6", "relu7"), ("relu7", "relu6")]:
+        src = FeatureSource(m1, m1, L, M, dm, torch.device("cpu"), "32", cache, batch_size=64)
+        cached = list(src.batches("train"))
+        assert cache.nbytes() <= budget
+        streamed = list(FeatureSource(m1, m1, L, M, dm, torch.device("cpu"), "32", None, batch_size=64)
+                        .batches("train"))
+        assert all(torch.equal(c.a, s.a) and torch.equal(c.b, s.b) and torch.equal(c.y, s.y)
+                   for c, s in zip(cached, streamed))
+        if L == M:  # the diagonal: one tensor serves as A and as B
+            assert cached[0].a.data_ptr() == cached[0].b.data_ptr()
+    layers = {k[1] for k in cache._items if isinstance(k[1], str) and k[1].startswith("relu")}
+    assert layers == {"relu6", "relu7"}  # relu2 was evicted to make room, oldest first
