@@ -34,6 +34,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from .sorting import natural_key
@@ -248,3 +249,48 @@ def diagonal(matrix: pd.DataFrame, mapping: dict[str, str] | None = None) -> pd.
         s = (mapping or {}).get(t, t)
         vals[t] = matrix.at[s, t] if s in matrix.index else float("nan")
     return pd.Series(vals, name="diagonal", dtype=float)
+
+
+def claim_numbers(records: Sequence[dict]) -> list[dict]:
+    """Paper 2's claims as numbers, one row per (model pair, method variant) of a layer x layer study.
+
+    * ``at_or_above_diagonal``: off-diagonal cells rated at least as similar (relative accuracy) as the
+      diagonal cell of their column (target layer); ``off_diagonal_cells`` of them in all;
+    * ``targets_with_better_source``: target layers for which another source layer is rated *more*
+      similar than the matching one (for self-stitching: a layer more similar to it than itself);
+    * ``auroc_diagonal`` / ``auroc_off_diagonal``: mean OOD AUROC on / off the diagonal, and the mean
+      separability |AUROC - 0.5| (an AUROC far below 0.5 is as distinguishable as one far above);
+    * ``trusted_auroc_*``: the same over cells whose detector passed its sanity check only.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r.get("status", "ok") != "ok":
+            continue
+        key = (_model_id(r.get("model1")), _model_id(r.get("model2")), r.get("method"), r.get("variant"))
+        groups.setdefault(key, []).append(r)
+    rows = []
+    for (m1, m2, method, variant), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        acc = metric_matrix(rs, "relative_acc")
+        if acc.shape[0] < 2:
+            continue
+        diag = {t: t for t in acc.columns if t in acc.index}
+        cells = [(s, t) for s in acc.index for t in acc.columns if t in diag and s != t and pd.notna(acc.at[s, t])]
+        above = sum(acc.at[s, t] >= acc.at[t, t] for s, t in cells)
+        better = {f["target"] for f in pathology_flags(acc, True)}
+        row = {"model1": m1, "model2": m2, "method": method, "variant": variant, "layers": acc.shape[0],
+               "off_diagonal_cells": len(cells), "at_or_above_diagonal": int(above),
+               "targets_with_better_source": len(better), "targets": len(diag),
+               "relative_acc_diagonal": float(np.nanmean([acc.at[t, t] for t in diag])),
+               "relative_acc_off_diagonal": float(np.nanmean([acc.at[s, t] for s, t in cells])) if cells else None}
+        auroc = [(r["layer"], r["target_layer"], (r.get("metrics") or {}).get("ood/auroc"),
+                  (r.get("metrics") or {}).get("ood/detector_trusted")) for r in rs]
+        auroc = [a for a in auroc if a[2] is not None]
+        for prefix, keep in (("", lambda a: True), ("trusted_", lambda a: a[3] == 1)):
+            on = [a[2] for a in auroc if a[0] == a[1] and keep(a)]
+            off = [a[2] for a in auroc if a[0] != a[1] and keep(a)]
+            for where, vals in (("diagonal", on), ("off_diagonal", off)):
+                row[f"{prefix}auroc_{where}"] = float(np.mean(vals)) if vals else None
+                row[f"{prefix}separability_{where}"] = float(np.mean([abs(v - 0.5) for v in vals])) if vals else None
+                row[f"{prefix}auroc_{where}_cells"] = len(vals)
+        rows.append(row)
+    return rows

@@ -243,3 +243,22 @@ def test_probing_step_tests_every_index_of_a_finished_study_and_draws_them(tmp_p
     s = run_script("sweep.py", f"inputs=[{tmp_path}/res]", "figures=[p2_probing]", f"out={tmp_path}/fig")
     assert s.returncode == 0, s.stderr[-2000:]
     assert (tmp_path / "fig" / "fig-p2-probing.png").is_file()
+
+
+def test_claim_numbers_count_cells_above_the_diagonal_and_separable_aurocs():
+    """Paper 2's claims as numbers: off-diagonal cells at or above their column's diagonal, targets with a
+    better source than themselves, and AUROC on/off the diagonal (separability counts both directions)."""
+    layers = ["l1", "l2", "l3"]
+    acc = {("l1", "l1"): 0.9, ("l2", "l1"): 0.95, ("l3", "l1"): 0.5,   # l2 rated closer to l1 than l1 itself
+           ("l1", "l2"): 0.6, ("l2", "l2"): 1.0, ("l3", "l2"): 1.0,    # a tie with the diagonal counts as at/above
+           ("l1", "l3"): 0.2, ("l2", "l3"): 0.3, ("l3", "l3"): 1.0}
+    recs = [{"layer": L, "target_layer": M, "method": "tlm", "variant": "paper2", "status": "ok",
+             "model1": {"key": "d/tiny10/in0"}, "model2": {"key": "d/tiny10/in0"},
+             "metrics": {"relative_acc": acc[L, M], "ood/auroc": 0.5 if L == M else 0.1,
+                         "ood/detector_trusted": float(M != "l3")}} for L in layers for M in layers]
+    (row,) = matrices.claim_numbers(recs)
+    assert row["off_diagonal_cells"] == 6 and row["at_or_above_diagonal"] == 2
+    assert row["targets_with_better_source"] == 1  # l1 (the tie at l2 is not better)
+    assert row["auroc_diagonal"] == pytest.approx(0.5) and row["auroc_off_diagonal"] == pytest.approx(0.1)
+    assert row["separability_off_diagonal"] == pytest.approx(0.4) and row["separability_diagonal"] == 0
+    assert row["trusted_auroc_off_diagonal_cells"] == 4  # the two cells into l3 have an untrusted detector

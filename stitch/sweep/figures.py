@@ -771,7 +771,7 @@ def p2_fig1(ctx: FigureContext) -> list[Path]:
     tlm = [m for m in _order_methods(ctx.agg["method"]) if str(m).startswith("tlm")] or None
     paths = _matrix_figure(ctx, FIGURES["p2_fig1"].caption, tlm,
                            lambda a: col(a, "self_stitch").fillna(False).astype(bool))
-    return paths + p2_fig1_energies(ctx)
+    return paths + p2_fig1_energies(ctx) + write_claim_numbers(ctx)
 
 
 def _energy_density(percentiles: list[float], values: list[float], edges: np.ndarray) -> np.ndarray:
@@ -851,7 +851,30 @@ def p2_fig1_energies(ctx: FigureContext, target: str | None = None) -> list[Path
 @register("p2_fig2", "fig-p2-2", "Paper 2 Fig. 2: intra- and inter-network similarity and OOD, TLM vs DM",
           _is_matrix)
 def p2_fig2(ctx: FigureContext) -> list[Path]:
-    return _matrix_figure(ctx, FIGURES["p2_fig2"].caption)
+    return _matrix_figure(ctx, FIGURES["p2_fig2"].caption) + write_claim_numbers(ctx)
+
+
+def write_claim_numbers(ctx: FigureContext) -> list[Path]:
+    """``<figure>-claims.csv``: paper 2's claims as numbers per model pair and method (matrices.claim_numbers)."""
+    from ..matrices import claim_numbers
+    from ..results import read_record
+
+    if "record_path" not in ctx.ok or not len(ctx.ok):
+        return []
+    records = []
+    for p in ctx.ok["record_path"].dropna():
+        try:
+            records.append(read_record(p))
+        except (OSError, ValueError):
+            continue
+    rows = claim_numbers(records)
+    if not rows:
+        return []
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    path = ctx.out / f"{ctx.name}-claims.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    log.info("wrote %s", path)
+    return [path]
 
 
 @register("p2_fig3", "fig-p2-3", "Paper 2 Fig. 3: self-stitching a same-size ResNet-18, TLM vs DM",
