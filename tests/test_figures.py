@@ -163,10 +163,28 @@ def _records(tmp: Path) -> dict[str, list[dict]]:
     return out
 
 
+def _probing_record() -> dict:
+    """A step=probing record (stitch/study/probing.py): specificity rows and sensitivity at two layers."""
+    corr = lambda rho: {"n": 4, "spearman": rho, "spearman_p": 0.1, "kendall": rho, "kendall_p": 0.1}  # noqa: E731
+    spec = [{"index": name, "n": 12, "spearman": rho, "kendall": rho} for name, rho in
+            [("dm relative accuracy", 0.6), ("tlm relative accuracy", 0.1), ("CKA", 0.5), ("PWCCA", 0.4),
+             ("OPD", 0.45)]]
+    sens = [{"layer": L, "target_layer": L, "ks": [0, 5, 10], "correlations": {
+        "cka": corr(0.8), "pwcca": corr(0.7), "opd": corr(0.9), "dm": corr(0.95), "tlm": corr(0.2)}}
+        for L in ("layer3", "layer5")]
+    return {"model1": {"key": "digits/tiny10/seed0"}, "model2": {"key": "digits/tiny10/seed0"}, "self_stitch": True,
+            "specificity": spec, "sensitivity": sens}
+
+
 @pytest.fixture(scope="module")
 def figure_dirs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("figs")
-    return {name: dump(tmp / name, records) for name, records in _records(tmp).items() if records}
+    recs = _records(tmp)
+    recs["p2_probing"] = recs["p2_fig2"]  # a probing record sits beside a layer x layer study's records
+    dirs = {name: dump(tmp / name, records) for name, records in recs.items() if records}
+    (dirs["p2_probing"] / "probing").mkdir()
+    (dirs["p2_probing"] / "probing" / "pair.json").write_text(json.dumps(_probing_record()))
+    return dirs
 
 
 @pytest.mark.parametrize("name", list(FIGURES))
@@ -347,3 +365,22 @@ def test_p2_fig1_energy_panels_show_every_source_and_the_sanity_set(figure_dirs,
     assert "Hatched" in matrix._suptitle.get_text() and "layer7" in matrix._suptitle.get_text()
     hatched = [p for ax in matrix.axes for p in ax.patches if p.get_hatch()]
     assert len(hatched) == 1  # one AUROC panel, one untrusted target column
+
+
+def test_p2_probing_draws_each_index_s_specificity_and_sensitivity(figure_dirs, tmp_path, monkeypatch):
+    from stitch.sweep import figures
+
+    drawn = {}
+    real_save = figures.save
+    monkeypatch.setattr(figures, "save", lambda fig, ctx, stem=None: drawn.setdefault("fig", fig) and
+                        real_save(fig, ctx, stem))
+    c = collect([figure_dirs["p2_probing"]])
+    draw("p2_probing", FigureContext(c.runs, aggregate(c.runs), c.history, tmp_path, "fig-p2-probing",
+                                     formats=("png",)))
+    (ax,) = drawn["fig"].axes
+    from matplotlib.container import BarContainer
+
+    spec, sens = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [round(b.get_height(), 3) for b in spec] == [0.6, 0.1, 0.5, 0.4, 0.45]
+    assert [round(b.get_height(), 3) for b in sens] == [0.95, 0.2, 0.8, 0.7, 0.9]  # dm, tlm, CKA, PWCCA, OPD
+    assert [t.get_text() for t in ax.get_xticklabels()][2:] == ["CKA", "PWCCA", "OPD"]
