@@ -136,7 +136,8 @@ def run_probing(cfg: dict | StudySettings) -> dict:
     targets = list(dict.fromkeys(r["target_layer"] for r in records))
     p = s.probing
     with torch.no_grad():
-        probe1 = tests.probe_layers(study.model1.net, study.data, sources, train_limit=p.train_limit,
+        probed = list(dict.fromkeys(sources + targets)) if study.self_stitch else sources  # one network: probe once
+        probe1 = tests.probe_layers(study.model1.net, study.data, probed, train_limit=p.train_limit,
                                     test_limit=p.test_limit, device=study.device)
         probe2 = probe1 if study.self_stitch else tests.probe_layers(
             study.model2.net, study.data, targets, train_limit=p.train_limit, test_limit=p.test_limit,

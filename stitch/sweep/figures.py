@@ -759,7 +759,7 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
             axes[r, c].axis("off")
     note = "" if with_auroc else " (no OOD AUROC in these records: run with ood.enabled=true to add it)"
     if untrusted:
-        note += (f" Hatched: target layers whose detector fails its sanity check ({', '.join(sorted(untrusted))}); "
+        note += (f". Hatched: target layers whose detector fails its sanity check ({', '.join(sorted(untrusted))}); "
                  f"their AUROC cannot call a stitch in-distribution.")
     suptitle(fig, ctx, cap + note, width=45 * ncols + 10)
     return save(fig, ctx)
@@ -795,7 +795,8 @@ def _read_energies(paths) -> list[dict]:
 
 
 def p2_fig1_energies(ctx: FigureContext, target: str | None = None) -> list[Path]:
-    """Paper 2 Fig. 1(c): the detector's energies for one target layer (default: the first), in-distribution
+    """Paper 2 Fig. 1(c): the detector's energies for one target layer (default: the first with a trusted
+    detector), in-distribution
     (model 2's own activations) and the sanity set above, the stitched activations from every source below.
     Drawn from the records' ``ood_energies`` percentiles."""
     runs = ctx.ok
@@ -804,7 +805,9 @@ def p2_fig1_energies(ctx: FigureContext, target: str | None = None) -> list[Path
     runs = runs[col(runs, "self_stitch").fillna(False).astype(bool) & (col(runs, "kind") == "tlm")]
     if not len(runs):
         return []
-    target = target or layer_order(runs, "target_layer")[0]
+    if target is None:  # paper 2 shows layer 1; here the first target whose detector passed its sanity check
+        trusted = runs[col(runs, "ood/detector_trusted") == 1]
+        target = layer_order(trusted if len(trusted) else runs, "target_layer")[0]
     runs = runs[runs["target_layer"] == target]
     sources = [L for L in layer_order(runs, "layer")]
     rows = []
