@@ -67,27 +67,27 @@ LMC_ARGS = $(if $(filter smoke,$(SCALE)),lmc.min_relative_acc=0.3,)
 # Fig. 1's: same run ids, done once) and the real SVHN test digits are the detectors' sanity set
 P2_RELEASED = $(and $(filter released,$(SCALE)),$(filter p2_%,$(1)))
 study_results = $(RESULTS)/$(if $(P2_RELEASED),p2,$(1))_$(SCALE)
-study_args = $(SCALE_ARGS) $(if $(P2_RELEASED),++ood.sanity.options.root=$(SVHN_TEST))
+study_env = $(if $(P2_RELEASED),SVHN_ROOT=$(SVHN_TEST) )
 
 # $(call figure,<study>,<sweep figure>,<target>[,<sweep.py defaults>[,<extra stitch.py run>[,<a step after
 # the study: stitch.py overrides, one plain run (no -m, no launcher) before sweep.py>[,<a second extra run>]]]])
 define figure_run
 	$(if $(filter released,$(SCALE)),$(MAKE) --no-print-directory released-donors STORE=$(STORE))
-	$(PY) stitch.py -m +experiment=$(1)_$(SCALE) results_dir=$(study_results) store=$(FIG_STORE) \
-		$(study_args) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS)
-	$(if $(5),$(PY) stitch.py -m +experiment=$(1)_$(SCALE) results_dir=$(study_results) store=$(FIG_STORE) \
-		$(study_args) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(5) $(ARGS))
-	$(if $(7),$(PY) stitch.py -m +experiment=$(1)_$(SCALE) results_dir=$(study_results) store=$(FIG_STORE) \
-		$(study_args) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(7) $(ARGS))
-	$(if $(6),$(PY) stitch.py +experiment=$(1)_$(SCALE) results_dir=$(study_results) store=$(FIG_STORE) \
-		$(study_args) $(6) $(filter-out hydra.launcher.% hydra/launcher=%,$(ARGS)))
+	$(study_env)$(PY) stitch.py -m +experiment=$(1)_$(SCALE) results_dir=$(study_results) store=$(FIG_STORE) \
+		$(SCALE_ARGS) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS)
+	$(if $(5),$(study_env)$(PY) stitch.py -m +experiment=$(1)_$(SCALE) results_dir=$(study_results) store=$(FIG_STORE) \
+		$(SCALE_ARGS) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(5) $(ARGS))
+	$(if $(7),$(study_env)$(PY) stitch.py -m +experiment=$(1)_$(SCALE) results_dir=$(study_results) store=$(FIG_STORE) \
+		$(SCALE_ARGS) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(7) $(ARGS))
+	$(if $(6),$(study_env)$(PY) stitch.py +experiment=$(1)_$(SCALE) results_dir=$(study_results) store=$(FIG_STORE) \
+		$(SCALE_ARGS) $(6) $(filter-out hydra.launcher.% hydra/launcher=%,$(ARGS)))
 	$(PY) sweep.py inputs=[$(study_results)] figures=[$(2)] out=$(FIGURES)/$(3)/$(SCALE) \
 		$(4) $(SWEEP_ARGS)
 endef
 # a scale without a config for this figure is an error (exit 2), missing shared data a skip (exit 0)
 NO_CONFIG = $(if $(wildcard stitch/conf/experiment/$(1)_$(SCALE).yaml),,1)
 figure = $(if $(call NO_CONFIG,$(1)),@echo "$(3): no SCALE=$(SCALE) config (stitch/conf/experiment/$(1)_$(SCALE).yaml); \
-	SCALE=released covers fig-p1-2 fig-p1-4 fig-p1-6 fig-p1-7 fig-p1-8 fig-p1-lmc fig-p2-1 fig-p2-2" >&2; exit 2,$(if $(SKIP),@echo "$(3): $(SKIP_MESSAGE)",$(figure_run)))
+	SCALE=released covers fig-p1-2 fig-p1-4 fig-p1-6 fig-p1-7 fig-p1-8 fig-p1-lmc fig-p2-1 fig-p2-2 fig-p2-probing" >&2; exit 2,$(if $(SKIP),@echo "$(3): $(SKIP_MESSAGE)",$(figure_run)))
 
 released-donors: $(STAMP)  ## import paper 1's released networks (shared data) into $(STORE)/released, once
 	@if [ -z "$(HAVE_RELEASED)" ]; then echo "released-donors: $(SKIP_MESSAGE)"; exit 0; fi; \
@@ -97,7 +97,7 @@ released-donors: $(STAMP)  ## import paper 1's released networks (shared data) i
 		--preset drfrankenstein-resnet20 --data-root $(CIFAR10_JPEG)
 
 FIG_TARGETS := fig-p1-2 fig-p1-3 fig-p1-4 fig-p1-5 fig-p1-6 fig-p1-7 fig-p1-8 fig-p1-lmc \
-	fig-p2-1 fig-p2-2 fig-p2-3 fig-p2-4
+	fig-p2-1 fig-p2-2 fig-p2-probing fig-p2-3 fig-p2-4
 .PHONY: figures released-donors $(FIG_TARGETS)
 
 figures: $(FIG_TARGETS)  ## every paper figure below at SCALE=smoke|paper (released: fig-p1-2/4/6/7/8/lmc, fig-p2-1/2)
@@ -137,6 +137,11 @@ P2_FIG2_LS = $(if $(filter released,$(SCALE)),method=dm dm=least_squares,)
 P2_FIG2_RESNET = $(if $(filter released,$(SCALE)),model@model1=resnet20 layer=all target_layer=all,)
 fig-p2-2: $(STAMP)  ## paper 2 Fig. 2: intra/inter-network matrices, TLM vs DM, + OOD AUROC
 	$(call figure,p2_fig2,p2_fig2,fig-p2-2,,$(P2_FIG2_LS),,$(P2_FIG2_RESNET))
+
+# a Fig. 2 study for one model pair (at SCALE=released the same runs as Fig. 2's intra-network half), then
+# Ding et al.'s probing step on it, then its figure
+fig-p2-probing: $(STAMP)  ## paper 2: specificity + sensitivity of TLM, DM, CKA, PWCCA, OPD (step=probing)
+	$(call figure,p2_probing,p2_probing,fig-p2-probing,,,step=probing)
 
 fig-p2-3: $(STAMP)  ## paper 2 Fig. 3: same-size ResNet-18 self-stitching, TLM vs DM
 	$(call figure,p2_fig3,p2_fig3,fig-p2-3)

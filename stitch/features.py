@@ -148,7 +148,8 @@ class FeatureSource:
     def cache_bytes(self, split: str) -> int:
         sa, sb = self._shapes
         el = torch.finfo(self.cache_dtype).bits // 8
-        return self._n(split) * (_numel(sa) + _numel(sb)) * el
+        same = self.m1 is self.m2 and self.layer == self.target_layer  # self-stitching diagonal: B is A
+        return self._n(split) * (_numel(sa) + (0 if same else _numel(sb))) * el
 
     # ------------------------------------------------------------------- caching
     @torch.no_grad()

@@ -339,8 +339,7 @@ class OODSettings(Section):
     detector: dict = setting(MAPPING, None)
     energy: dict = setting(MAPPING, None)
     outliers: dict = setting(MAPPING, None)
-    # a check of the detector, not of the run: which set it uses adds a metric, never changes a stitch's score
-    sanity: dict = setting(MAPPING, None, results=False)
+    sanity: dict = setting(MAPPING, None)
 
     def cross_check(self, prefix: str, problems: Problems) -> None:
         if self.enabled:

@@ -31,6 +31,7 @@ from typing import Callable
 RUN_MARKER = "STITCH_RUN_MARKER"        # the child writes its in-flight run here
 CRASHED_RUNS = "STITCH_CRASHED_RUNS"    # run ids that crashed in this invocation: skipped on restart
 SUPERVISE = "STITCH_SUPERVISE"
+LAUNCHER_PID = "STITCH_LAUNCHER_PID"    # the parent's pid, recorded next to the child's
 MAX_RESTARTS = 1000                     # each restart records one more crashed run, so this only bounds a bug
 
 
@@ -47,6 +48,11 @@ def mark_run(info: dict | None) -> None:
     with open(tmp, "w") as f:
         json.dump(info, f, default=str)
     os.replace(tmp, path)
+
+
+def launcher_pid() -> int:
+    """The pid of the process the user started (the supervising parent; this process when unsupervised)."""
+    return int(os.environ.get(LAUNCHER_PID) or os.getpid())
 
 
 def crashed_runs() -> set[str]:
@@ -104,7 +110,7 @@ def supervise(run: Callable[[], None]) -> None:
     with tempfile.TemporaryDirectory(prefix="stitch-supervisor-") as tmp:
         marker = Path(tmp) / "run.json"
         for _ in range(MAX_RESTARTS):
-            env = {**os.environ, RUN_MARKER: str(marker), CRASHED_RUNS: ",".join(crashed)}
+            env = {**os.environ, RUN_MARKER: str(marker), CRASHED_RUNS: ",".join(crashed), LAUNCHER_PID: str(os.getpid())}
             child = subprocess.Popen([sys.executable, *sys.orig_argv[1:]], env=env,
                                      preexec_fn=_die_with_parent if sys.platform == "linux" else None)
             forward = lambda sig, _frame: child.send_signal(sig)  # noqa: E731

@@ -244,6 +244,7 @@ SHRINK = {
     "p1_lmc": ["layer=[layer6]"],
     "p2_fig1": ["layer=[layer5,layer7]", "target_layer=[layer5,layer7]"],
     "p2_fig2": ["layer=[layer5,layer7]", "target_layer=[layer5,layer7]"],
+    "p2_probing": ["layer=[layer5,layer7]", "target_layer=[layer5,layer7]"],
     # the same-size ResNet-18 costs minutes per epoch even on 16 images here: the pipeline runs on
     # Tiny-10 instead, and test_p2_fig3_smoke_network_is_same_size checks the configured network
     "p2_fig3": ["model@model1=tiny10", "model@model2=tiny10", "layer=[layer5,layer7]",
@@ -302,6 +303,15 @@ def test_smoke_experiment_runs_and_draws(study, smoke_store, tmp_path):
             cfg = compose("stitch", overrides=step)
         pairs = run_lmc(OmegaConf.to_container(cfg, resolve=True))
         assert pairs and all(r["status"] == "ok" for r in pairs), [r.get("error") for r in pairs]
+    if study == "p2_probing":  # the probing step (stitch.py step=probing) writes the record the figure draws
+        from stitch.study.probing import run_probing
+
+        step = [*_jobs(study, smoke_store, results)[0], "step=probing", "probing.train_limit=200",
+                "probing.levels=3", "probing.layers=[layer7]"]
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("stitch", overrides=step)
+        rec = run_probing(OmegaConf.to_container(cfg, resolve=True))
+        assert len(rec["specificity"]) >= 3 and rec["sensitivity"][0]["layer"] == "relu7"  # TLM, DM, CKA (+ more)
     c = collect([results])
     name = study
     if study != "p2_fig3":  # (runs on Tiny-10 here, see SHRINK)

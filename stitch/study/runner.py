@@ -34,7 +34,7 @@ from ..matching.fitting import PairContext, fit_direct, fit_task_loss
 from ..progress import StudyProgress
 from ..results import read_record
 from ..settings import LoggerSettings, StudySettings, study_settings
-from ..supervisor import crashed_runs, mark_run
+from ..supervisor import crashed_runs, launcher_pid, mark_run
 from ..version import code_version
 from .assembly import Study
 from .records import HOST, done_before, finished, record_path, run_identity, stitch_path
@@ -95,6 +95,7 @@ def _run(study: Study, ctx: PairContext, name: str, progress: StudyProgress, wan
                "model2": {**s.model2.as_dict(), **study.model2.summary()}, "self_stitch": study.self_stitch,
                "config": semantic, "code_version": code_version(), "device": str(study.device),
                "precision": study.precision, "hardware": hardware_name(study.device), "host": HOST, "pid": os.getpid(),
+               "launcher_pid": launcher_pid(),
                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "warnings": []}
         mark_run({"record_path": str(record_path(s.results_dir, slug)), "claim_path": str(claim.path), "head": rec})
         run_progress = progress.start(label)
