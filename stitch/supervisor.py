@@ -88,7 +88,7 @@ def _record_crash(marker: Path, code: int) -> str | None:
            "error": f"NativeCrash: the process died from {name} during this run (a crash inside a native "
                     f"kernel, not a Python exception); the study went on without it, and a rerun retries it",
            "ended": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    path = Path(info["record_path"])
+    path = Path(info["record_path"])  # written here, not with stitch.fileio: that module loads torch
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(rec, indent=1, default=str))

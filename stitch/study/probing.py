@@ -171,7 +171,8 @@ def format_probing_table(rec: dict) -> str:
     names = {"cka": "CKA", "pwcca": "PWCCA", "opd": "OPD", "dm": "dm relative accuracy",
              "tlm": "tlm relative accuracy"}
     for row in rec["specificity"]:
-        key = next((k for k, v in names.items() if v == row["index"] or row["index"].startswith(v)), None)
+        base = row["index"].split(":")[0].split(" ")[0]  # "dm:paper2 relative accuracy" -> "dm", "CKA" -> "CKA"
+        key = next((k for k, v in names.items() if v.split(" ")[0] == base), None)
         s = sens.get(key) if key else None
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         lines.append(f"{row['index']:<34} {fmt(row['spearman']):>16} "
