@@ -761,7 +761,8 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
     if untrusted:
         note += (f". Hatched: target layers whose detector fails its sanity check ({', '.join(sorted(untrusted))}); "
                  f"their AUROC cannot call a stitch in-distribution.")
-    suptitle(fig, ctx, cap + note, width=45 * ncols + 10)
+    drawn = ctx.ok[ctx.ok["method"].isin({m.split(":")[0] for m in methods})]  # the subtitle names what is drawn
+    suptitle(fig, ctx, cap + note, drawn, width=45 * ncols + 10)
     return save(fig, ctx)
 
 
