@@ -508,20 +508,37 @@ def test_stitch_cli_with_ood_enabled(tmp_path, donor_store):
 
 
 def test_the_detector_runs_in_one_layout_whatever_model_2_runs_in():
-    """The study's fast path makes model 2 channels-last; its activations reach the detector's NCHW weights.
-    A mixed-layout oneDNN convolution's backward pass can segfault on CPU (issue: `stitch.py ood.enabled=true`
-    died with exit 139), so the detector's backbone must see contiguous NCHW tensors, in training too."""
+    """The study's fast path makes model 2 channels-last, other paths NCHW; both reach the detector. A
+    mixed-layout oneDNN convolution's backward pass can segfault on CPU (issue: `stitch.py ood.enabled=true`
+    died with exit 139), and channels-last backward passes corrupt the heap for some small shapes: every
+    convolution sees its weights' layout, training is NCHW throughout, scoring channels-last (faster),
+    and the scores do not depend on the layout the activations came in."""
     from stitch.ood.networks import ActivationDetector
 
     det = ActivationDetector((16, 30, 30), 10, detector_config(TINY), (32, 32))
-    seen = []
-    first_conv = next(m for m in det.backbone.modules() if isinstance(m, torch.nn.Conv2d))
-    first_conv.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
-    h = torch.randn(4, 16, 30, 30).contiguous(memory_format=torch.channels_last)
+    convs = [m for m in det.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    seen, expect = [], [torch.contiguous_format]
+
+    def layout(m, args):  # weights and input both in the phase's layout (a 1x1 kernel is in both)
+        seen.append(m.weight.is_contiguous(memory_format=expect[0]) and args[0].is_contiguous(memory_format=expect[0]))
+    for conv in convs:
+        conv.register_forward_pre_hook(layout)
+    h = torch.randn(4, 16, 30, 30)
     det.train()
+    det(h.contiguous(memory_format=torch.channels_last)).logsumexp(1).mean().backward()
     det(h).logsumexp(1).mean().backward()
-    assert seen == [True]
+    assert seen == [True] * (2 * len(convs))
     assert all(p.grad is not None for p in det.backbone.parameters() if p.requires_grad)
+    seen.clear()
+    expect[0] = torch.channels_last
+    det.eval()
+    with torch.no_grad():
+        out_nchw, out_cl = det(h), det(h.contiguous(memory_format=torch.channels_last))
+    assert seen == [True] * (2 * len(convs))
+    torch.testing.assert_close(out_cl, out_nchw)
+    det.train()
+    with torch.no_grad():
+        torch.testing.assert_close(det.eval()(h), out_nchw)  # switching back and forth keeps the weights
 
 
 @pytest.mark.slow
