@@ -1,9 +1,12 @@
 """Run claims: two processes working on one study never do the same run twice.
 
 Before a run starts, ``run_study`` claims it with a file next to the records,
-``<results_dir>/claims/<run>.claim``, created atomically (``O_CREAT | O_EXCL``: of two
-processes exactly one creates it) and holding the claimant's host, PID, process start
-time and start time. The claim is removed when the run's record is written (ok or
+``<results_dir>/claims/<run>.claim``, created atomically and complete: the claimant's host,
+PID, process start time and start time are written to a temporary file first, which is then
+hard-linked to the claim's name (``link`` fails if the name exists: of two processes exactly
+one creates it). A claim file therefore never exists empty or half-written, and an
+unreadable one (a damaged disk, a file systems without hard links that fell back to
+``O_CREAT | O_EXCL`` and crashed mid-write) holds nothing: it is stale at once. The claim is removed when the run's record is written (ok or
 failed) and on any exception.
 
 Another process that finds the claim skips the run while the claim is *live*:
@@ -34,8 +37,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 6 * 3600.0
-_WRITING_GRACE_S = 60.0     # an unreadable claim younger than this is being written
+_WRITING_GRACE_S = 5.0      # only where claims cannot be linked: an unreadable claim younger than this is being written
 _TAKEOVER_LOCK_S = 60.0
+_can_link: bool = True       # False once the file system refused a hard link (written in place from then on)
 
 
 def claim_path(results_dir: str | Path, run: str) -> Path:
@@ -112,8 +116,10 @@ def is_stale(holder: Holder | None, timeout_s: float = DEFAULT_TIMEOUT_S, now: f
              path: Path | None = None) -> bool:
     """Whether a claim may be taken over (see the module docstring)."""
     now = time.time() if now is None else now
-    if holder is None:  # unreadable: being written right now, or left torn by a crash
-        try:
+    if holder is None:  # unreadable: a linked claim is never incomplete, so it was left torn or damaged
+        if _can_link:
+            return True
+        try:  # written in place (no hard links here): it may be being written right now
             return path is None or now - path.stat().st_mtime > _WRITING_GRACE_S
         except OSError:
             return True
@@ -181,8 +187,9 @@ def acquire(path: str | Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[Cla
     path.parent.mkdir(parents=True, exist_ok=True)
     holder: Holder | None = None
     for _ in range(3):
+        me = Holder.me()
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            _create(path, json.dumps(me.to_json()).encode())
         except FileExistsError:
             try:
                 seen = path.read_bytes()
@@ -193,11 +200,42 @@ def acquire(path: str | Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[Cla
                 return None, holder or Holder("?", 0, time.time())
             _take_over(path, seen, timeout_s)
             continue
-        me = Holder.me()
-        with os.fdopen(fd, "w") as f:
-            json.dump(me.to_json(), f)
-            f.flush()
-            os.fsync(f.fileno())
         return Claim(path, me), None
     holder = read_holder(path)  # several processes contend for a stale claim; one of them has it
     return None, holder or Holder("?", 0, time.time())
+
+
+def _create(path: Path, content: bytes) -> None:
+    """Create ``path`` with ``content``, complete or not at all; FileExistsError if it exists.
+
+    Written to a temporary file, then hard-linked to ``path``: a full disk or a crash leaves
+    no claim (the temporary file is removed), never an empty one that would look held."""
+    global _can_link
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    if _can_link:
+        try:
+            with open(tmp, "wb") as f:
+                f.write(content)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+                return
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links on this file system (some network and FUSE mounts)
+                _can_link = False
+        finally:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, content)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)  # never leave it empty
+        raise
+    os.close(fd)

@@ -1,7 +1,9 @@
 """Helpers shared by the thin entry scripts, and their exit codes.
 
-Exit codes: 0 every run ok; 1 a run failed (recorded as ``status: failed``, or a crash);
-2 bad configuration (a user error: bad value, unknown layer, missing data or donor). A stitching
+Exit codes: 0 every run ok; 1 a run failed (recorded as ``status: failed``, or a crash) or the
+environment failed (``EnvironmentProblem``, or an ``OSError`` such as a full or read-only disk: one
+line naming the path); 2 bad configuration (a user error: bad value, unknown layer, missing data or
+donor, a device this machine lacks, a results_dir that cannot be written). A stitching
 run claimed by another live process (``status: claimed``, see ``stitch/claims.py``) is neither
 ok nor failed: it does not change the code.
 
@@ -43,7 +45,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import StitchError
+from .errors import EnvironmentProblem, StitchError
 
 OK, FAILED, BAD_CONFIG = 0, 1, 2
 STATUS_FILE = "exit_status"
@@ -78,18 +80,40 @@ def job(fn: Callable[[DictConfig], int]) -> Callable[[DictConfig], int]:
     def wrapper(cfg: DictConfig) -> int:
         try:
             status = FAILED if fn(cfg) else OK
-        except (StitchError, ValueError, OmegaConfBaseException) as e:
-            debugging = logging.getLogger().level <= logging.DEBUG
-            if debugging and not isinstance(e, StitchError):  # keep the traceback of a plain ValueError
+        except (StitchError, ValueError, OmegaConfBaseException, OSError) as e:
+            if _debugging() and not isinstance(e, StitchError):  # keep the traceback of a plain ValueError
                 raise
-            print(f"error: {e}", file=sys.stderr)
+            env = isinstance(e, (EnvironmentProblem, OSError))
+            print(f"error: {describe_os_error(e) if isinstance(e, OSError) else e}", file=sys.stderr)
+            status = FAILED if env else BAD_CONFIG
             if not _parallel_multirun():
-                sys.exit(BAD_CONFIG)
-            status = BAD_CONFIG
+                sys.exit(status)
         _note(status)
         return status
 
     return wrapper
+
+
+def _debugging() -> bool:
+    """``--verbose``/debug logging or ``HYDRA_FULL_ERROR=1``: show tracebacks of environment errors too."""
+    import os
+
+    return logging.getLogger().level <= logging.DEBUG or os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for a file-system failure: what went wrong, on which path, and what to do."""
+    import errno
+
+    what = e.strerror or type(e).__name__
+    path = e.filename if e.filename is not None else "?"
+    extra = f" -> {e.filename2}" if e.filename2 else ""
+    hint = {errno.ENOSPC: "free some space (finished results are intact) and run again: finished runs are skipped",
+            errno.EDQUOT: "free some space (finished results are intact) and run again: finished runs are skipped",
+            errno.EROFS: "point results_dir (or store) at a writable directory",
+            errno.EACCES: "check its permissions, or point results_dir (or store) elsewhere",
+            errno.EPERM: "check its permissions, or point results_dir (or store) elsewhere"}.get(e.errno, "")
+    return f"{what}: {path}{extra}" + (f" ({hint})" if hint else "")
 
 
 class ExitStatus(Callback):

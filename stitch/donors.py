@@ -65,10 +65,17 @@ def train_donor(data_cfg: dict, model_cfg: dict, optim_cfg: dict, trainer_cfg: d
                 "hardware": hardware_name(device)}
         if ckpt_path:
             meta["resumed_from_epoch"] = epochs_done  # epochs done before the interruption
+        floor = store.sanity_floor(dm.num_classes, dm.multilabel)
+        meta["near_chance"] = metrics["test_acc"] < floor
         path = store.save(key, net, meta, store_root)
         checkpointing.remove(ckpt_dir)
         log.info("donor %s: test acc %.4f after %d epochs (%.1f s) -> %s", key, metrics["test_acc"], epochs,
                  seconds, path)
+        if meta["near_chance"]:
+            log.warning("DONOR NEAR CHANCE: %s reached test accuracy %.4f, below %.4f (1.5x chance for %d classes)"
+                        " after %d epochs. Stitching studies refuse it (donor.allow_chance=true overrides); "
+                        "train it longer: %s epochs=<more> force=true", key, metrics["test_acc"], floor,
+                        dm.num_classes, epochs, key.train_command(store_root))
     if trainer.world_size > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return meta

@@ -37,6 +37,32 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def check_writable_dir(path: Path | str, key: str) -> None:
+    """Create directory ``path`` if needed and prove it takes a file (written and removed), before any
+    work: a ``results_dir`` that is a file, read-only or not ours is a :class:`ConfigError` naming
+    ``key`` (a full disk is found by the first real write and exits 1, with finished results intact)."""
+    import errno
+
+    from .errors import ConfigError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write-check.", dir=path)
+        os.close(fd)
+        os.unlink(tmp)
+    except FileExistsError:
+        raise ConfigError(f"{key}={path}: it is a file, not a directory; point {key} at a directory") from None
+    except NotADirectoryError:
+        raise ConfigError(f"{key}={path}: a part of this path is a file, not a directory; point {key} at a "
+                          f"directory") from None
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return  # the disk is full: no config problem; the first record write says so (exit 1)
+        raise ConfigError(f"{key}={path}: cannot write there ({e.strerror}); point {key} at a writable "
+                          f"directory") from None
+
+
 def write_json(path: Path | str, obj: Any) -> None:
     data = json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode()
     _atomic(Path(path), lambda f: f.write(data))

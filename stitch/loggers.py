@@ -67,6 +67,21 @@ def reachable(host: str, port: int, timeout_s: float = DEFAULT_CHECK_TIMEOUT_S) 
         return False
 
 
+def check_wandb_installed(cfg: dict[str, Any] | None, where: str = "logger") -> None:
+    """``logger=wandb`` (any mode but disabled) without the package: a ConfigError before any work,
+    instead of a whole study that logs nothing with a warning per run."""
+    import importlib.util
+
+    cfg = cfg or {}
+    if cfg.get("name") != "wandb" or "disabled" in (wandb_mode(cfg.get("mode")), os.environ.get("WANDB_MODE")):
+        return
+    if importlib.util.find_spec("wandb") is None:
+        from .errors import ConfigError
+
+        raise ConfigError(f"{where}=wandb: the wandb package is not installed; pip install wandb (or "
+                          f"pip install -e '.[wandb]'), or use {where}=none or {where}=csv")
+
+
 def decide_wandb_mode(cfg: dict[str, Any] | None) -> tuple[str, str | None]:
     """(mode, warning): the requested/auto mode, or ``offline`` when online is unreachable.
 

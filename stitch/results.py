@@ -81,5 +81,12 @@ def stitch_matrix(state: dict) -> torch.Tensor:
 def load_stitch(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """(W, b) of a saved stitching layer, on the CPU: ``rows(A) @ W + b``. Loaded with
     ``weights_only=True`` (tensors only: never runs code)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return stitch_matrix(state), state["bias"]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return stitch_matrix(state), state["bias"]
+    except Exception as e:  # truncated, emptied, not a torch file, or not a stitching layer's state dict
+        from .errors import CheckpointError
+
+        raise CheckpointError(f"saved stitching layer {path} is damaged ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160] if str(e) else ''}); rerun its run with force=true "
+                              f"save_stitch=true to remake it") from None

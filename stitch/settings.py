@@ -387,6 +387,7 @@ class DonorSettings(Section):
     """How missing donors are trained; a donor's identity is its store key and sha256, not these."""
     title: ClassVar[str] = "donor settings"
     train_missing: bool = setting(BOOL, True)
+    allow_chance: bool = setting(BOOL, False)  # stitch donors whose test accuracy is near chance (refused by default)
     epochs: int = setting(POS_INT, 30)
     optim: OptimSettings = section(OptimSettings)
     trainer: dict = setting(MAPPING, None)

@@ -92,15 +92,50 @@ def test_stale_claims_are_taken_over_live_ones_are_not(tmp_path):
     _write_claim(path, host="elsewhere.example", pid=2)
     claim.release()
     assert claims.read_holder(path).pid == 2
-    # an unreadable claim is being written while fresh, abandoned when old
-    path.write_text("")
-    assert claims.acquire(path)[0] is None
-    old = time.time() - 3600
+    assert not list(path.parent.glob("*.takeover"))
+
+
+def test_an_empty_or_damaged_claim_holds_nothing(tmp_path, monkeypatch):
+    """A 0-byte claim (a write failed mid-claim: disk full) once read as a live holder `?:0`: the study
+    exited 0 and never did the run. Claims are now linked into place complete, so an unreadable one is
+    stale at once; where the file system has no hard links, only while it is older than a few seconds."""
+    path = claims.claim_path(tmp_path, "run-c")
+    path.parent.mkdir(parents=True)
+    for junk in (b"", b'{"host": "x", "pi'):
+        path.write_bytes(junk)
+        claim, holder = claims.acquire(path)
+        assert claim is not None and holder is None and claims.read_holder(path).pid == os.getpid()
+        claim.release()
+    monkeypatch.setattr(claims, "_can_link", False)
+    path.write_bytes(b"")
+    assert claims.acquire(path)[0] is None  # may be being written in place right now
+    old = time.time() - 60
     os.utime(path, (old, old))
     claim, _ = claims.acquire(path)
     assert claim is not None
     claim.release()
-    assert not list(path.parent.glob("*.takeover"))
+
+
+def test_a_claim_that_cannot_be_written_leaves_no_file(tmp_path, monkeypatch):
+    """A full disk while claiming: the error reaches the caller and no (empty) claim stays behind."""
+    import errno
+
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full)
+    path = claims.claim_path(tmp_path, "run-d")
+    with pytest.raises(OSError, match="No space"):
+        claims.acquire(path)
+    assert not list(path.parent.iterdir())
+    monkeypatch.setattr(claims, "_can_link", False)
+    with pytest.raises(OSError, match="No space"):
+        claims.acquire(path)
+    assert not list(path.parent.iterdir())
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    claim, _ = claims.acquire(path)
+    assert claim is not None and claims.read_holder(path).pid == os.getpid()
 
 
 def _compose(tmp_path: Path, store: Path, *overrides: str):

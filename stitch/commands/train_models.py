@@ -16,11 +16,32 @@ from stitch.settings import check_train
 def train(cfg: DictConfig) -> int:
     c = cli.to_dict(cfg)
     check_train(c)
+    _check_accelerator(c["trainer"])
+    from stitch.loggers import check_wandb_installed
+
+    check_wandb_installed(c.get("logger"))
     from stitch.donors import train_donor  # after the check: a typo fails before Lightning loads (seconds)
 
     train_donor(c["data"], c["model"], c["optim"], c["trainer"], c["epochs"], c["seed"], c["store"], c["logger"],
                 force=c["force"])
     return 0  # failed runs: a failed training raises
+
+
+def _check_accelerator(trainer: dict) -> None:
+    """``trainer=gpu`` on a machine without one: one line before Lightning starts, not its traceback."""
+    from stitch.hardware import check_device
+
+    accelerator = str((trainer or {}).get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda", "mps"):
+        check_device(accelerator, "trainer.accelerator", "trainer=default (accelerator: auto) or trainer.accelerator=cpu")
+    devices = (trainer or {}).get("devices", 1)
+    if accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > 1:
+        import torch
+
+        if torch.cuda.device_count() < devices:
+            from stitch.errors import ConfigError
+
+            raise ConfigError(f"trainer.devices={devices}: this machine has {torch.cuda.device_count()} CUDA GPUs")
 
 
 def main() -> None:

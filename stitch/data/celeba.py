@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import DataNotFoundError
 from .base import StreamingDataModule
+from .download import fetching
 
 CELEBA_MEAN = (0.5063, 0.4258, 0.3832)
 CELEBA_STD = (0.3106, 0.2904, 0.2897)
@@ -50,5 +51,8 @@ class CelebADataModule(StreamingDataModule):
         mk = lambda split, train: CelebA(str(self.root), split=split, target_type="attr",  # noqa: E731
                                          transform=self._tf(train), target_transform=lambda t: t.float(),
                                          download=self.download)
-        return {"train": mk("train", False), "train_aug": mk("train", True), "val": mk("valid", False),
+        with fetching("CelebA", self.root / "celeba", "img_align_celeba/, list_attr_celeba.txt and "
+                                                      "list_eval_partition.txt"):
+            train = mk("train", False)  # the first one downloads (when asked); the others only read
+        return {"train": train, "train_aug": mk("train", True), "val": mk("valid", False),
                 "test": mk("test", False)}

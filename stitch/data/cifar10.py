@@ -12,6 +12,7 @@ a second.
 from __future__ import annotations
 
 import io
+import logging
 import os
 from pathlib import Path
 
@@ -20,6 +21,9 @@ import torch
 
 from ..errors import DataNotFoundError
 from .base import CIFAR_MEAN, CIFAR_STD, ImageDataModule, set_normalization
+from .download import fetching
+
+log = logging.getLogger(__name__)
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # v2: class-sorted layouts are stored in their mixed order (mix_classes); v1 files (decoded-<layout>.pt) are removed
@@ -66,6 +70,27 @@ def mix_classes(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     permutation is fixed (seed 0), so every run sees the same order."""
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
     return images[order].contiguous(), labels[order]
+
+
+def _read_decode_cache(path: Path) -> dict | None:
+    """The decoded images of an earlier run, or None (and the file removed) when it is damaged: it is
+    only a cache, rebuilt from the data, never trusted half-read."""
+    try:
+        blob = torch.load(path, weights_only=True)
+        out = {k: (v["x"], v["y"]) for k, v in blob.items()}
+        if set(out) != {"train", "test"} or not all(
+                isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.dim() == 4 and len(x) == len(y)
+                for x, y in out.values()):
+            raise ValueError("not the decoded train and test images")
+        return out
+    except Exception as e:  # noqa: BLE001 - truncated, not a torch file, foreign content: all rebuilt
+        log.warning("discarding the damaged decode cache %s (%s: %s); rebuilding it from the images", path,
+                    type(e).__name__, str(e).splitlines()[0][:160] if str(e) else "")
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return None
 
 
 class CIFAR10DataModule(ImageDataModule):
@@ -118,14 +143,17 @@ class CIFAR10DataModule(ImageDataModule):
         layout = self._detect()
         cache = self._cache_file(layout)
         if self.cache and cache.is_file():
-            blob = torch.load(cache, weights_only=True)
-            return {k: (v["x"], v["y"]) for k, v in blob.items()}
+            cached = _read_decode_cache(cache)
+            if cached is not None:
+                return cached
         if layout == "torchvision":
             from torchvision.datasets import CIFAR10
 
             out = {}
             for split in ("train", "test"):
-                ds = CIFAR10(str(self.root), train=split == "train", download=self.download)
+                with fetching("CIFAR-10", self.root, "torchvision's cifar-10-batches-py/ (or train/ and test/ "
+                                                     "image folders)"):
+                    ds = CIFAR10(str(self.root), train=split == "train", download=self.download)
                 out[split] = (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
                               torch.tensor(ds.targets, dtype=torch.int64))
         elif layout == "folder":

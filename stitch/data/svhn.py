@@ -19,6 +19,7 @@ import torch
 
 from ..errors import DataNotFoundError
 from .base import ImageDataModule, set_normalization
+from .download import fetching
 
 SVHN_MEAN = (0.4377, 0.4438, 0.4728)
 SVHN_STD = (0.1980, 0.2010, 0.1970)
@@ -70,7 +71,8 @@ class SVHNDataModule(ImageDataModule):
 
         out = {}
         for split in ("train", "test"):
-            ds = SVHN(str(self.root), split=split, download=self.download)
+            with fetching("SVHN", self.root, "train_32x32.mat and test_32x32.mat (or a packed test.npz)"):
+                ds = SVHN(str(self.root), split=split, download=self.download)
             out[split] = (torch.from_numpy(ds.data).contiguous(), torch.from_numpy(ds.labels).long())
         return out
 

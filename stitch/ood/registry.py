@@ -89,8 +89,13 @@ def get_detector(model2: models.StitchableNetwork, key2: store.DonorKey, layer: 
         det, meta = cached
         meta = {**meta, "trained_now": False}
     elif not retrain and meta_path.is_file() and path.is_file():
-        meta = read_json(meta_path)
-        det = _load(path, meta, device)
+        try:
+            meta = read_json(meta_path)
+            det = _load(path, meta, device)
+        except (OSError, ValueError, KeyError, TypeError) as e:  # a damaged meta json: only a cache, so retrain
+            log.warning("OOD detector metadata %s is damaged (%s: %s); retraining the detector", meta_path,
+                        type(e).__name__, str(e)[:200])
+            det = None
         if det is not None:
             meta["trained_now"] = False
             log.info("OOD detector for %s %s loaded from %s", key2, layer, path)

@@ -15,8 +15,10 @@ a donor.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,8 @@ from .. import models
 from ..errors import CheckpointError
 from ..fileio import read_json, save_torch, sha256, write_json
 from ..version import code_version
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "models"
 
@@ -115,6 +119,7 @@ def save(key: DonorKey, model: torch.nn.Module, meta: dict, root: str | Path | N
     """Write ``model.pt`` and ``meta.json`` so that both appear (or are replaced) in one rename."""
     d = key.directory(root)
     d.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(root)  # folders of saves that crashed (killed mid-write): each holds a model.pt
     tmp = d.parent / f".{d.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -150,7 +155,56 @@ def load_meta(key: DonorKey, root: str | Path | None = None) -> dict:
     d = key.directory(root)
     if not exists(key, root):
         raise CheckpointError(_missing_message(key, root))
-    return read_json(d / "meta.json")
+    return read_meta(d / "meta.json", key.train_command(root))
+
+
+META_REQUIRED = ("num_classes", "sha256")
+
+
+def read_meta(path: Path, redo: str) -> dict:
+    """A donor's ``meta.json``, or a CheckpointError naming the file and the command that remakes it
+    (truncated, emptied, not JSON, or missing the fields a load needs)."""
+    try:
+        meta = read_json(path)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"donor metadata {path} is damaged ({type(e).__name__}: {str(e)[:120]}); remake the "
+                              f"donor with --force (or delete {path.parent}):\n  {redo}") from None
+    missing = [k for k in META_REQUIRED if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise CheckpointError(f"donor metadata {path} is damaged (no {', '.join(missing)}); remake the donor with "
+                              f"--force (or delete {path.parent}):\n  {redo}")
+    return meta
+
+
+LEFTOVER_AGE_S = 15 * 60  # a save takes seconds: a temporary folder this old was left by a crash
+
+
+def leftovers(root: str | Path | None = None, min_age_s: float = 0.0) -> list[Path]:
+    """Temporary folders of interrupted saves (``.<seed>.tmp-*``, ``.<seed>.old-*``), at least ``min_age_s`` old."""
+    base = store_root(root)
+    if not base.is_dir():
+        return []
+    now = time.time()
+    out = []
+    for pattern in ("*/*/.*.tmp-*", "*/*/.*.old-*"):
+        for p in base.glob(pattern):
+            try:
+                if p.is_dir() and now - p.stat().st_mtime >= min_age_s:
+                    out.append(p)
+            except OSError:
+                pass
+    return sorted(out)
+
+
+def remove_leftovers(root: str | Path | None = None, min_age_s: float = LEFTOVER_AGE_S) -> list[Path]:
+    """Delete what :func:`leftovers` finds (each may hold a full ``model.pt``); returns them."""
+    found = leftovers(root, min_age_s)
+    for p in found:
+        shutil.rmtree(p, ignore_errors=True)
+    if found:
+        log.info("removed %d leftover folder(s) of interrupted donor saves: %s", len(found),
+                 ", ".join(str(p) for p in found))
+    return found
 
 
 def load_state(path: Path, redo: str) -> dict:

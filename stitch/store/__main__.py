@@ -4,6 +4,7 @@
     python -m stitch.store import FILE --data cifar10 --model resnet20 --option width=1 --name mine
     python -m stitch.store list                     # every donor with its accuracy and origin
     python -m stitch.store verify                   # re-check every donor's file hash
+    python -m stitch.store verify --fix             # ... and delete leftovers of interrupted saves
 
 Exit codes: 0 ok, 1 a check failed (verify), 2 bad input (missing file or data, mismatched keys).
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 
 from ..errors import DataNotFoundError, StitchError
-from . import DonorKey, load, store_root
+from . import DonorKey, leftovers, load, read_meta, remove_leftovers, store_root
 from .importing import PRESETS, group_config, import_checkpoint, key_values, model_config
 
 
@@ -66,16 +67,19 @@ def _donors(root: str | None) -> list[Path]:
     """Every donor's metadata file; a store that does not exist is an error, not an empty list."""
     if not store_root(root).is_dir():
         raise ValueError(f"no model store at {store_root(root).resolve()} (--store or $STITCH_STORE)")
-    return sorted(store_root(root).glob("*/*/*/meta.json"))
+    # not the hidden folders of saves in progress or interrupted (.<seed>.tmp-*): they are no donors
+    return sorted(f for f in store_root(root).glob("*/*/*/meta.json") if not f.parent.name.startswith("."))
 
 
 def _list(args) -> int:
-    import json
-
     files = _donors(args.store)
     print(f"{'donor':<48} {'test acc':>8}  origin")
     for f in files:
-        m = json.loads(f.read_text())
+        try:
+            m = read_meta(f, "python -m stitch.store verify")
+        except StitchError as e:
+            print(f"{str(f.parent):<48} {'?':>8}  DAMAGED: {str(e).splitlines()[0]}")
+            continue
         acc = (m.get("metrics") or {}).get("test_acc")
         origin = m.get("provenance", {}).get("source") or "trained here"
         print(f"{m.get('key', str(f.parent)):<48} {'n/a' if acc is None else f'{acc:.4f}':>8}  {origin}")
@@ -83,19 +87,27 @@ def _list(args) -> int:
 
 
 def _verify(args) -> int:
-    import json
-
     bad = 0
     for f in _donors(args.store):
-        m = json.loads(f.read_text())
-        key = DonorKey.make(m["data"], m["model"], m["seed"], m.get("options"))
+        try:
+            m = read_meta(f, "python -m stitch.store verify")
+            key = DonorKey.make(m["data"], m["model"], m["seed"], m.get("options"))
+        except (StitchError, KeyError, ValueError) as e:
+            bad += 1
+            print(f"FAILED  {f.parent}: {str(e).splitlines()[0] if str(e) else e!r}")
+            continue
         try:
             load(key, args.store)
             print(f"ok      {key}")
         except StitchError as e:
             bad += 1
             print(f"FAILED  {key}: {e}")
-    return 1 if bad else 0
+    left = remove_leftovers(args.store, 0.0) if args.fix else leftovers(args.store)
+    for p in left:
+        print(f"{'removed' if args.fix else 'leftover'} {p} (an interrupted save)")
+    if left and not args.fix:
+        print("run with --fix to delete the leftovers")
+    return 1 if bad or (left and not args.fix) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--device", default="auto")
     imp.add_argument("--no-eval", action="store_true", help="do not measure the test accuracy")
     imp.add_argument("--force", action="store_true", help="re-import; accept a near-chance accuracy")
-    for name, fn in (("list", _list), ("verify", _verify)):
-        sub.add_parser(name, parents=[common], help=f"{name} the donors in the store").set_defaults(fn=fn)
+    sub.add_parser("list", parents=[common], help="list the donors in the store").set_defaults(fn=_list)
+    ver = sub.add_parser("verify", parents=[common], help="verify the donors in the store")
+    ver.add_argument("--fix", action="store_true", help="delete leftovers of interrupted saves")
+    ver.set_defaults(fn=_verify)
     imp.set_defaults(fn=_import)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -92,11 +92,27 @@ def load_donor(spec: ModelSpec, which: str, data: DataSpec, donor: DonorSettings
     if num_classes is not None and meta.get("num_classes") not in (None, num_classes):
         raise ConfigError(f"donor {key} ({which}) has {meta['num_classes']} classes but {data.name} has "
                           f"{num_classes}: a stitched network would be scored against the wrong labels")
+    check_not_at_chance(key, which, meta, donor.allow_chance, store_root)
     normalize = data.normalize
     if bool(meta.get("normalize", True)) != bool(normalize):
         raise ConfigError(f"donor {key} was trained with data.normalize={meta.get('normalize')} but this run uses "
                           f"data.normalize={normalize}; use the same preprocessing")
     return Donor(net, meta, key)
+
+
+def check_not_at_chance(key: store.DonorKey, which: str, meta: dict, allowed: bool, store_root: str) -> None:
+    """A donor near chance accuracy (untrained, or broken by its import) makes every stitch meaningless:
+    refuse it unless ``donor.allow_chance=true``."""
+    acc = (meta.get("metrics") or {}).get("test_acc")
+    if acc is None or allowed:
+        return
+    floor = store.sanity_floor(int(meta.get("num_classes") or 2), bool(meta.get("multilabel")))
+    if acc < floor:
+        remake = (f"check the imported file and its import options" if key.imported else
+                  f"retrain it longer:\n  {key.train_command(store_root)} epochs=<more> force=true\n ")
+        raise ConfigError(f"donor {key} ({which}) has test accuracy {acc:.3f}, near chance (below {floor:.3f}): "
+                          f"stitching it measures nothing; {remake} or pass donor.allow_chance=true to stitch it "
+                          f"anyway")
 
 
 def layer_pairs(layer, target_layer, m1: StitchableNetwork, m2: StitchableNetwork) -> list[tuple[str, str]]:

@@ -47,7 +47,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..evaluation import evaluate
 from ..features import resolve_precision
-from ..fileio import sha256, write_json
+from ..fileio import check_writable_dir, sha256, write_json
 from ..hardware import hardware_name, resolve_device
 from ..matching.fitting import PairContext
 from ..results import load_records, load_stitch
@@ -185,6 +185,7 @@ def run_lmc(cfg: dict | StudySettings) -> list[dict]:
     """The LMC step of a study (``stitch.py step=lmc``); one record per pair of runs, [] when no pairs.
     ``ConfigError`` when there are none because runs were evaluated otherwise than this step."""
     s = study_settings(cfg)
+    check_writable_dir(s.results_dir, "results_dir")
     grid = lmc_grid(s.lmc.lambdas)
     jobs, mismatched = plan(s)
     if not jobs:

@@ -31,7 +31,7 @@ import torch
 
 from .. import probing as tests
 from ..errors import ConfigError
-from ..fileio import write_json
+from ..fileio import check_writable_dir, write_json
 from ..hardware import hardware_name
 from ..matrices import similarity_matrices
 from ..results import load_records
@@ -125,6 +125,7 @@ def run_probing(cfg: dict | StudySettings) -> dict:
     ``probing.layers``; writes and returns the record."""
     t0 = time.time()
     s = study_settings(cfg)
+    check_writable_dir(s.results_dir, "results_dir")
     study = Study.assemble(s)
     keys = (str(study.model1.key), str(study.model2.key))
     records = [r for r in load_records(Path(s.results_dir) / "records")

@@ -28,7 +28,7 @@ import traceback
 from .. import claims
 from ..errors import ConfigError
 from ..evaluation import evaluate
-from ..fileio import save_torch, write_json
+from ..fileio import check_writable_dir, save_torch, write_json
 from ..hardware import hardware_name, peak_memory_gb
 from ..matching.fitting import PairContext, fit_direct, fit_task_loss
 from ..progress import StudyProgress
@@ -46,6 +46,11 @@ def run_study(cfg: dict | StudySettings) -> list[dict]:
     """Run a study (a resolved ``conf/stitch.yaml`` dict or its settings); one record per run."""
     t0 = time.time()
     s = study_settings(cfg)  # every typo at once, before data, donors or records
+    check_writable_dir(s.results_dir, "results_dir")
+    if s.logger.name == "wandb":
+        from ..loggers import check_wandb_installed
+
+        check_wandb_installed(s.logger.as_dict())
     study = Study.assemble(s)
     records: list[dict] = []
     progress = StudyProgress(len(study.layer_pairs) * len(s.method), every_s=float(s.progress_every_s), start=t0)
