@@ -53,13 +53,18 @@ SHARED ?= ../shared/data
 RELEASED_DIR ?= $(SHARED)/released-drfrankenstein
 CIFAR10_JPEG ?= $(SHARED)/cifar10-jpeg
 SVHN_TEST ?= $(SHARED)/svhn-test
-FIG_STORE = $(if $(filter smoke,$(SCALE)),$(STORE)/smoke,$(if $(filter released,$(SCALE)),$(STORE)/released,$(STORE)))
-SCALE_ARGS = $(if $(filter released,$(SCALE)),data.root=$(CIFAR10_JPEG),)
+CELEBA_10K ?= $(SHARED)/celeba-10k
+FIG_STORE = $(if $(filter smoke released celeba,$(SCALE)),$(STORE)/$(SCALE),$(STORE))
+SCALE_ARGS = $(if $(filter released,$(SCALE)),data.root=$(CIFAR10_JPEG),$(if $(filter celeba,$(SCALE)),data.root=$(CELEBA_10K),))
 HAVE_RELEASED = $(filter 4,$(words $(wildcard $(RELEASED_DIR)/tiny10-cifar10 $(RELEASED_DIR)/resnet20-w1-cifar10 \
 	$(CIFAR10_JPEG)/train.npz $(CIFAR10_JPEG)/test.npz)))
-SKIP = $(if $(filter released,$(SCALE)),$(if $(HAVE_RELEASED),,1),)
-SKIP_MESSAGE = skipped: SCALE=released needs paper 1's released networks in $(RELEASED_DIR) and CIFAR-10 \
-	(train.npz, test.npz) in $(CIFAR10_JPEG); set SHARED=<dir holding both> or RELEASED_DIR / CIFAR10_JPEG
+HAVE_CELEBA = $(wildcard $(CELEBA_10K)/celeba.npz)
+SKIP = $(if $(filter released,$(SCALE)),$(if $(HAVE_RELEASED),,1),$(if $(filter celeba,$(SCALE)),$(if $(HAVE_CELEBA),,1),))
+SKIP_MESSAGE = $(if $(filter celeba,$(SCALE)),$(CELEBA_SKIP),skipped: SCALE=released needs paper 1's released networks \
+	in $(RELEASED_DIR) and CIFAR-10 (train.npz, test.npz) in $(CIFAR10_JPEG); set SHARED=<dir holding both> or \
+	RELEASED_DIR / CIFAR10_JPEG)
+CELEBA_SKIP = skipped: SCALE=celeba needs the packed CelebA faces $(CELEBA_10K)/celeba.npz; set SHARED=<dir holding \
+	celeba-10k> or CELEBA_10K
 # smoke LMC ends are short TLM runs: keep pairs below paper 1's 80 % relative-accuracy cut
 LMC_ARGS = $(if $(filter smoke,$(SCALE)),lmc.min_relative_acc=0.3,)
 
@@ -73,6 +78,7 @@ study_env = $(if $(P2_RELEASED),SVHN_ROOT=$(SVHN_TEST) )
 # the study: stitch.py overrides, one plain run (no -m, no launcher) before sweep.py>[,<a second extra run>]]]])
 define figure_run
 	$(if $(filter released,$(SCALE)),$(MAKE) --no-print-directory released-donors STORE=$(STORE))
+	$(if $(filter celeba,$(SCALE)),$(MAKE) --no-print-directory celeba-donors STORE=$(STORE))
 	$(study_env)$(PY) stitch.py -m +experiment=$(1)_$(SCALE) results_dir=$(study_results) store=$(FIG_STORE) \
 		$(SCALE_ARGS) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS)
 	$(if $(5),$(study_env)$(PY) stitch.py -m +experiment=$(1)_$(SCALE) results_dir=$(study_results) store=$(FIG_STORE) \
@@ -87,7 +93,8 @@ endef
 # a scale without a config for this figure is an error (exit 2), missing shared data a skip (exit 0)
 NO_CONFIG = $(if $(wildcard stitch/conf/experiment/$(1)_$(SCALE).yaml),,1)
 figure = $(if $(call NO_CONFIG,$(1)),@echo "$(3): no SCALE=$(SCALE) config (stitch/conf/experiment/$(1)_$(SCALE).yaml); \
-	SCALE=released covers fig-p1-2 fig-p1-4 fig-p1-6 fig-p1-7 fig-p1-8 fig-p1-lmc fig-p2-1 fig-p2-2 fig-p2-probing" >&2; exit 2,$(if $(SKIP),@echo "$(3): $(SKIP_MESSAGE)",$(figure_run)))
+	SCALE=released covers fig-p1-2 fig-p1-4 fig-p1-6 fig-p1-7 fig-p1-8 fig-p1-lmc fig-p2-1 fig-p2-2 fig-p2-probing; \
+	SCALE=celeba covers fig-p1-2" >&2; exit 2,$(if $(SKIP),@echo "$(3): $(SKIP_MESSAGE)",$(figure_run)))
 
 released-donors: $(STAMP)  ## import paper 1's released networks (shared data) into $(STORE)/released, once
 	@if [ -z "$(HAVE_RELEASED)" ]; then echo "released-donors: $(SKIP_MESSAGE)"; exit 0; fi; \
@@ -96,9 +103,17 @@ released-donors: $(STAMP)  ## import paper 1's released networks (shared data) i
 	$(PY) -m stitch.store --store $(STORE)/released import $(RELEASED_DIR)/resnet20-w1-cifar10/in*/110000.pt \
 		--preset drfrankenstein-resnet20 --data-root $(CIFAR10_JPEG)
 
+# paper 1's Inception V1 on real CelebA faces (SCALE=celeba): two donors, 64 px, 6 epochs each on the CPU; trained
+# once (train_models.py skips donors already in the store, and resumes an interrupted training)
+CELEBA_DONOR_ARGS ?= epochs=6
+celeba-donors: $(STAMP)  ## train paper 1's two Inception V1 donors on the real CelebA faces (shared data), once
+	@if [ -z "$(HAVE_CELEBA)" ]; then echo "celeba-donors: $(CELEBA_SKIP)"; exit 0; fi; \
+	$(PY) train_models.py -m data=celeba data.root=$(CELEBA_10K) data.image_size=64 model=inception_v1 seed=0,1 \
+		store=$(STORE)/celeba logger=none $(CELEBA_DONOR_ARGS)
+
 FIG_TARGETS := fig-p1-2 fig-p1-3 fig-p1-4 fig-p1-5 fig-p1-6 fig-p1-7 fig-p1-8 fig-p1-lmc \
 	fig-p2-1 fig-p2-2 fig-p2-probing fig-p2-3 fig-p2-4
-.PHONY: figures released-donors $(FIG_TARGETS)
+.PHONY: figures released-donors celeba-donors $(FIG_TARGETS)
 
 figures: $(FIG_TARGETS)  ## every paper figure below at SCALE=smoke|paper (released: fig-p1-2/4/6/7/8/lmc, fig-p2-1/2)
 

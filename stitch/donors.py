@@ -11,11 +11,25 @@ import torch
 from . import data as data_lib
 from . import checkpointing, models, store
 from .loggers import lightning_logger
-from .evaluation import model_accuracy
+from .evaluation import model_accuracy, multilabel_metrics
 from .hardware import hardware_name
 from .training import DonorModule, as_lightning
 
 log = logging.getLogger(__name__)
+
+
+class EpochLines(pl.Callback):
+    """One log line per training epoch (loss and accuracy, train and val, elapsed time): what a log file
+    gets where a terminal would show Lightning's progress bar."""
+
+    def __init__(self, name: str, epochs: int):
+        self.name, self.epochs, self.start = name, epochs, time.time()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        m = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 2)() == 1}
+        parts = [f"{k} {m[k]:.4f}" for k in ("train/loss", "train/acc", "val/loss", "val/acc") if k in m]
+        log.info("donor %s epoch %d/%d: %s, %.0f s", self.name, trainer.current_epoch + 1, self.epochs,
+                 ", ".join(parts), time.time() - self.start)
 
 
 def train_donor(data_cfg: dict, model_cfg: dict, optim_cfg: dict, trainer_cfg: dict, epochs: int, seed: int,
@@ -48,9 +62,12 @@ def train_donor(data_cfg: dict, model_cfg: dict, optim_cfg: dict, trainer_cfg: d
     if ckpt_path:
         log.info("donor %s: resuming the interrupted training after epoch %d of %d (%s)", key, epochs_done, epochs,
                  ckpt_path)
+    callbacks: list = [checkpointing.LastCheckpoint(ckpt_dir)]
+    if not trainer_kwargs["enable_progress_bar"]:  # output goes to a file: a line per epoch instead of the bar
+        callbacks.append(EpochLines(str(key), epochs))
     trainer = pl.Trainer(max_epochs=epochs, logger=lightning_logger(logger_cfg, name=str(key).replace("/", "_"),
                                                                    config=config),
-                         enable_checkpointing=True, callbacks=[checkpointing.LastCheckpoint(ckpt_dir)],
+                         enable_checkpointing=True, callbacks=callbacks,
                          enable_model_summary=False, **trainer_kwargs)
     start = time.time()
     trainer.fit(module, datamodule=as_lightning(dm), ckpt_path=ckpt_path)
@@ -60,20 +77,25 @@ def train_donor(data_cfg: dict, model_cfg: dict, optim_cfg: dict, trainer_cfg: d
         device = next(net.parameters()).device
         metrics = {"test_acc": model_accuracy(net, dm, "test", device), "val_acc": model_accuracy(net, dm, "val", device),
                    "train_seconds": seconds, "epochs": epochs, "epochs_done": int(trainer.current_epoch)}
+        if dm.multilabel:  # per-attribute accuracy means little without what always predicting the majority gets
+            ml = multilabel_metrics(net, dm, "test", device)
+            metrics.update(test_majority_acc=ml["majority_acc"], test_mean_ap=ml["mean_ap"],
+                           test_per_attribute_acc=ml["per_attribute_acc"],
+                           test_per_attribute_majority_acc=ml["per_attribute_majority_acc"])
         meta = {"num_classes": dm.num_classes, "in_channels": dm.input_shape[0], "input_shape": list(dm.input_shape),
                 "multilabel": dm.multilabel, "normalize": dm.normalize, "metrics": metrics, "config": config,
                 "hardware": hardware_name(device)}
         if ckpt_path:
             meta["resumed_from_epoch"] = epochs_done  # epochs done before the interruption
-        floor = store.sanity_floor(dm.num_classes, dm.multilabel)
+        floor = store.sanity_floor(dm.num_classes, dm.multilabel, metrics.get("test_majority_acc"))
         meta["near_chance"] = metrics["test_acc"] < floor
         path = store.save(key, net, meta, store_root)
         checkpointing.remove(ckpt_dir)
         log.info("donor %s: test acc %.4f after %d epochs (%.1f s) -> %s", key, metrics["test_acc"], epochs,
                  seconds, path)
         if meta["near_chance"]:
-            log.warning("DONOR NEAR CHANCE: %s reached test accuracy %.4f, below %.4f (1.5x chance for %d classes)"
-                        " after %d epochs. Stitching studies refuse it (donor.allow_chance=true overrides); "
+            log.warning("DONOR NEAR CHANCE: %s reached test accuracy %.4f, below %.4f (1.5x chance, or the majority "
+                        "baseline of a multi-label task; %d outputs) after %d epochs. Stitching studies refuse it (donor.allow_chance=true overrides); "
                         "train it longer: %s epochs=<more> force=true", key, metrics["test_acc"], floor,
                         dm.num_classes, epochs, key.train_command(store_root))
     if trainer.world_size > 1 and torch.distributed.is_initialized():

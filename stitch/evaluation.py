@@ -38,6 +38,43 @@ def _correct(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> torch.T
     return (pred == y.bool()).float().mean(1) if multilabel else (pred == y).float()
 
 
+def average_precision(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-column average precision (N x K scores, 0/1 targets): the mean over each positive of the
+    precision at its rank (scores sorted high to low; ties in input order). NaN for a column without
+    positives."""
+    order = torch.sort(scores, dim=0, descending=True, stable=True).indices
+    t = targets.gather(0, order).double()
+    hits = t.cumsum(0)
+    ranks = torch.arange(1, len(t) + 1, dtype=torch.float64)[:, None]
+    n_pos = t.sum(0)
+    return torch.where(n_pos > 0, (t * hits / ranks).sum(0) / n_pos.clamp(min=1), torch.full_like(n_pos, float("nan")))
+
+
+@torch.no_grad()
+def multilabel_metrics(model: torch.nn.Module, dm, split: str = "test", device: str | torch.device = "cpu",
+                       batch_size: int = 512) -> dict:
+    """A multi-label network measured against what predicting the majority gets:
+
+    ``acc`` (mean per-attribute accuracy at sigmoid > 0.5), ``majority_acc`` (each attribute's
+    majority value in the train split, predicted for every image: the floor a trained network must
+    clear), ``mean_ap`` (macro average precision over attributes with a positive in ``split``),
+    ``positive_rate`` and ``per_attribute_acc`` / ``per_attribute_majority_acc`` (lists of K)."""
+    model.eval()
+    logits, ys = [], []
+    for x, y in dm.batches(split, batch_size, device=device):
+        logits.append(model(x).float().cpu())
+        ys.append(y.float().cpu())
+    z, y = torch.cat(logits), torch.cat(ys)
+    per_attr = ((z > 0).float() == y).double().mean(0)
+    majority = (dm.tensors("train")[1].float().mean(0) > 0.5).float()
+    per_major = (majority[None, :] == y).double().mean(0)
+    ap = average_precision(z, y)
+    return {"acc": float(per_attr.mean()), "majority_acc": float(per_major.mean()),
+            "mean_ap": float(ap[~ap.isnan()].mean()), "positive_rate": float(y.mean()),
+            "per_attribute_acc": [round(float(v), 4) for v in per_attr],
+            "per_attribute_majority_acc": [round(float(v), 4) for v in per_major]}
+
+
 @torch.no_grad()
 def model_accuracy(model: torch.nn.Module, dm, split: str = "test", device: str | torch.device = "cpu",
                    batch_size: int = 512) -> float:

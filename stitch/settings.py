@@ -28,6 +28,14 @@ from .errors import ConfigError
 from .matching import KINDS
 
 
+def did_you_mean(name: str, valid) -> str:
+    """`` (did you mean epochs?)`` for a near miss among ``valid`` (``tlm.epoch``), else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 @dataclass(frozen=True)
 class Rule:
     ok: Callable[[Any], bool]
@@ -148,8 +156,8 @@ class Section:
             return None
         names = cls.keys()
         before = len(problems)
-        problems += [f"{prefix}{k}={shown(raw[k])}: unknown key; {where} keys are: {', '.join(names)}"
-                     for k in raw if k not in names]
+        problems += [f"{prefix}{k}={shown(raw[k])}: unknown key{did_you_mean(k, names)}; {where} keys are: "
+                     f"{', '.join(names)}" for k in raw if k not in names]
         values: dict[str, Any] = {}
         for f in fields(cls):
             if f.metadata.get("internal") or f.name not in raw:

@@ -15,6 +15,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+# decoded data sets are cached outside the data folders; tests keep theirs out of the user's cache too
+if "STITCH_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["STITCH_CACHE"] = tempfile.mkdtemp(prefix="stitch-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["STITCH_CACHE"], True)
 # one intra-op thread: OpenMP barriers spin badly when the 2 CI cores are shared with subprocesses
 torch.set_num_threads(1)
 

@@ -266,7 +266,8 @@ def test_cifar10_reads_image_folder_and_packed_layouts(tmp_path):
     # split, which train_limit and similarity samples take, are a sample of every class
     perm = torch.randperm(20, generator=torch.Generator().manual_seed(0))
     assert torch.equal(yb, torch.from_numpy(labels["test"])[perm])
-    assert (packed / "decoded-npz.v2.pt").is_file()  # decoded once, cached
+    assert b._cache_file("npz").is_file()  # decoded once, cached: in the user's cache, not in the data folder
+    assert sorted(p.name for p in packed.iterdir()) == ["test.npz", "train.npz"]
     c = data.build("cifar10", root=str(packed))
     assert torch.equal(c.tensors("test")[0], xb) and torch.equal(c.tensors("test")[1], yb)
 

@@ -463,17 +463,6 @@ def test_sanity_check_function(tiny_setup):
     assert resolve_sanity_data("digits", {"data": None}) is None
 
 
-def test_multilabel_task_is_rejected(tiny_setup):
-    _, net, _, _ = tiny_setup
-
-    class Multi:
-        multilabel = True
-        name = "celeba"
-
-    with pytest.raises(ConfigError, match="single-label"):
-        train_detector(net, "layer3", Multi(), detector_config(TINY))
-
-
 # ----------------------------------------------------------------- through stitch.py
 @pytest.mark.slow
 def test_stitch_cli_with_ood_enabled(tmp_path, donor_store):

@@ -304,6 +304,38 @@ def test_progress_eta_and_durations():
     assert lines[3] == "[2/4] layer=b -> b tlm  ok  10.0s  elapsed 0:40  ETA 0:20"  # 2 runs to go x 10 s
 
 
+def test_the_eta_weighs_the_runs_left_by_their_expected_cost():
+    """A 2-layer TLM + DM study: the early-layer TLM runs are the expensive ones. After one TLM run of weight 4
+    (40 s) and one DM run (2 s), the runs left cost 40 / 4 s per unit of TLM weight and 2 s per DM run."""
+    import logging
+
+    from stitch.progress import StudyProgress, run_weight
+
+    assert run_weight("tlm", 0, 8, 3) > run_weight("tlm", 7, 8, 3) > run_weight("dm", 0, 8) == 1.0
+    lines = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("test.progress.eta")
+    logger.addHandler(Keep())
+    logger.setLevel(logging.INFO)
+    p = StudyProgress(4, every_s=0, tty=False, logger=logger, weights=[4.0, 1.0, 1.0, 1.0],
+                      kinds=["tlm", "dm", "tlm", "dm"])
+    p.start("a tlm").done("ok", seconds=40.0)
+    assert p.eta() == pytest.approx(10.0 * 3)  # 3 units of weight left; no DM run measured yet: the overall rate
+    p.start("a dm").done("ok", seconds=2.0)
+    assert p.eta() == pytest.approx(10.0 * 1 + 2.0 * 1)
+    r = p.start("b tlm")
+    r.step(5, 10, 1, 2)  # every_s=0: heartbeat lines are off
+    assert not any("step" in line for line in lines)
+    p.every_s = 1e-9
+    r._last = 0.0
+    r.step(5, 10, 1, 2)
+    assert re.search(r"\[3/4\]   epoch 1/2  step 5/10  0:0\d", lines[-1]), lines[-1]
+
+
 # ------------------------------------------------------------------ installable package
 @pytest.mark.slow
 def test_wheel_has_configs_and_commands_that_run_from_anywhere(donor_store, tmp_path):

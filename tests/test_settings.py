@@ -202,3 +202,13 @@ def test_cut_point_options_of_external_models_change_neither_the_donor_nor_the_r
     assert hash(donor_key(b.model1, b.data))  # a list-valued option no longer makes the key unhashable
     assert _ids(a, "layer2.0") == _ids(b, "layer2.0")
     assert _ids(a, "layer2.0") != _ids(_settings(tmp_path, *base, "model1.options.arch=resnet34"), "layer2.0")
+
+
+def test_an_unknown_key_suggests_the_near_miss(tmp_path):
+    from stitch.errors import ConfigError
+    from stitch.settings import did_you_mean
+
+    assert did_you_mean("epoch", ["lr", "epochs"]) == " (did you mean epochs?)"
+    assert did_you_mean("zzz", ["lr", "epochs"]) == ""
+    with pytest.raises(ConfigError, match=r"tlm.epoch=5: unknown key \(did you mean epochs\?\)"):
+        _settings(tmp_path, "+tlm.epoch=5")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import itertools
 
 import numpy as np
@@ -81,6 +82,7 @@ def test_tlm_trains_only_the_stitching_layer_and_keeps_donors_frozen(donor_store
     ctx, _ = _ctx(m1, m2, "layer4", "layer4")
     net, info = fit_task_loss(ctx, TLMSettings(**{**TLM, "augment": True, "epochs": 10}), seed=0, multilabel=False)
     assert info["steps"] == 10 * 6
+    assert info["above_chance"] is False and info["final_epoch_loss"] < info["chance_loss"] == pytest.approx(math.log(10))
     trainable = [n for n, p in net.named_parameters() if p.requires_grad]
     assert trainable and all(n.startswith("stitch.") for n in trainable)
     net.train()
@@ -235,3 +237,12 @@ def test_the_activation_cache_shares_one_network_s_layers_and_keeps_within_its_b
             assert cached[0].a.data_ptr() == cached[0].b.data_ptr()
     layers = {k[1] for k in cache._items if isinstance(k[1], str) and k[1].startswith("relu")}
     assert layers == {"relu6", "relu7"}  # relu2 was evicted to make room, oldest first
+
+
+def test_a_run_whose_loss_stays_above_chance_is_flagged_in_the_table():
+    from stitch.study.records import format_table
+
+    base = {"layer": "bn1", "target_layer": "bn1", "method": "tlm", "status": "ok", "metrics": {"relative_acc": 0.21}}
+    table = format_table([{**base, "fit": {"above_chance": True}}, {**base, "layer": "bn2", "fit": {"above_chance": False}}])
+    lines = table.splitlines()
+    assert lines[1].endswith("NOT CONVERGED (loss above chance)") and "NOT CONVERGED" not in lines[2]

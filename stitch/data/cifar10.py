@@ -5,9 +5,10 @@
   ``shared/data/cifar10-jpeg/to_folder.py`` unpacks the JPEG copy),
 * the packed JPEG arrays ``train.npz``/``test.npz`` of that copy (read directly).
 
-Images are decoded once; the decoded uint8 tensors are cached next to the data
-(``decoded-<layout>.v2.pt``, loaded with ``weights_only=True``) so later runs start in
-a second.
+Images are decoded once; the decoded uint8 tensors are cached in the user's cache
+(``$STITCH_CACHE`` or ``~/.cache/stitch/cifar10-<hash of the folder>/decoded-<layout>.v2.pt``,
+loaded with ``weights_only=True``) so later runs start in a second. Nothing is written into
+the data folder.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from .download import fetching
 log = logging.getLogger(__name__)
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-# v2: class-sorted layouts are stored in their mixed order (mix_classes); v1 files (decoded-<layout>.pt) are removed
+# v2: class-sorted layouts are stored in their mixed order (mix_classes)
 CACHE_VERSION = "v2"
 SHARED_JPEG = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10-jpeg"
 
@@ -70,6 +71,13 @@ def mix_classes(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     permutation is fixed (seed 0), so every run sees the same order."""
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
     return images[order].contiguous(), labels[order]
+
+
+def cache_dir() -> Path:
+    """Where decoded data sets are cached: ``$STITCH_CACHE``, else ``$XDG_CACHE_HOME/stitch``, else ``~/.cache/stitch``."""
+    if os.environ.get("STITCH_CACHE"):
+        return Path(os.environ["STITCH_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stitch"
 
 
 def _read_decode_cache(path: Path) -> dict | None:
@@ -129,15 +137,13 @@ class CIFAR10DataModule(ImageDataModule):
             f"  Or point data.root=<dir> at them.{hint}")
 
     def _cache_file(self, layout: str) -> Path:
-        """Next to the data, or in the user's cache when the data directory is read-only (a shared copy)."""
-        # write bits, not os.access: root may write anywhere, but a directory laid out read-only is not ours
-        if os.access(self.root, os.W_OK) and self.root.stat().st_mode & 0o222:
-            return self.root / f"decoded-{layout}.{CACHE_VERSION}.pt"
+        """In the user's cache (``$STITCH_CACHE``, else ``$XDG_CACHE_HOME/stitch`` or ``~/.cache/stitch``),
+        keyed by the data folder: nothing is ever written into a data folder (it may be shared, read-only,
+        or under version control)."""
         import hashlib
 
         digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
-        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stitch" / f"cifar10-{digest}"
-        return base / f"decoded-{layout}.{CACHE_VERSION}.pt"
+        return cache_dir() / f"cifar10-{digest}" / f"decoded-{layout}.{CACHE_VERSION}.pt"
 
     def load(self):
         layout = self._detect()
@@ -169,7 +175,6 @@ class CIFAR10DataModule(ImageDataModule):
                 tmp = cache.with_suffix(f".tmp{os.getpid()}")
                 torch.save({k: {"x": x, "y": y} for k, (x, y) in out.items()}, tmp)
                 os.replace(tmp, cache)
-                cache.with_name(f"decoded-{layout}.pt").unlink(missing_ok=True)  # the class-sorted v1 file
             except OSError:
                 pass
         return out

@@ -78,7 +78,7 @@ def fit_direct(ctx: PairContext, m: DMSettings) -> tuple[StitchedNetwork, dict]:
     return net, info
 
 
-def fit_task_loss(ctx: PairContext, m: TLMSettings, seed: int, multilabel: bool, on_epoch=None
+def fit_task_loss(ctx: PairContext, m: TLMSettings, seed: int, multilabel: bool, on_epoch=None, on_step=None
                   ) -> tuple[StitchedNetwork, dict]:
     torch.manual_seed(seed)
     net = ctx.new_network(m.rank)
@@ -100,7 +100,8 @@ def fit_task_loss(ctx: PairContext, m: TLMSettings, seed: int, multilabel: bool,
             acc = (logits.argmax(1) == probe.y).float().mean() if not multilabel else None
             return {"cka": float(linear_cka_torch(s, probe.b)), "r2": float(r2), "cross_entropy": float(ce),
                     "stitched_acc": None if acc is None else float(acc)}
-    info = train_task_loss(net, ctx.source, m, multilabel, seed=seed, on_track=track, on_epoch=on_epoch)
+    info = train_task_loss(net, ctx.source, m, multilabel, seed=seed, on_track=track, on_epoch=on_epoch,
+                           on_step=on_step)
     info["fit_s"] = info.pop("seconds")
     if m.l1:
         info["sparsity"] = float((net.stitch.matrix.abs() < m.zero_threshold).float().mean())

@@ -64,12 +64,14 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
 
 def train_task_loss(net: StitchedNetwork, source: FeatureSource, cfg: TLMSettings, multilabel: bool,
                     seed: int = 0, on_track: Callable[[int, StitchedNetwork], dict] | None = None,
-                    on_epoch: Callable[[int, int, dict], None] | None = None) -> dict:
+                    on_epoch: Callable[[int, int, dict], None] | None = None,
+                    on_step: Callable[[int, int, int, int], None] | None = None) -> dict:
     """Train ``net.stitch`` in place; returns {"steps", "final_loss", "history", "seconds"}.
 
     ``on_epoch(epoch, epochs, {"loss": mean loss of the epoch, "lr": ...})`` is called after each
     epoch (1-based), e.g. for progress lines or an experiment logger; it reads the loss once per
-    epoch, which the finiteness check below does anyway."""
+    epoch, which the finiteness check below does anyway. ``on_step(step, steps, epoch, epochs)``
+    after every step (cheap: e.g. a heartbeat line inside long epochs); it reads nothing."""
     device = source.device
     params = [p for p in net.stitch.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -113,6 +115,8 @@ def train_task_loss(net: StitchedNetwork, source: FeatureSource, cfg: TLMSetting
             loss.backward()
             opt.step()
             step += 1
+            if on_step is not None:
+                on_step(step, total, epoch + 1, epochs)
             if on_track is not None and track_every and step % track_every == 0:
                 net.eval()
                 history.append({"step": step, "train_loss": float(loss), **on_track(step, net)})
@@ -129,4 +133,7 @@ def train_task_loss(net: StitchedNetwork, source: FeatureSource, cfg: TLMSetting
             raise TrainingDiverged(f"TLM loss diverged: the last epoch's mean loss is {final:.4g}, up from {begin:.4g} "
                                    f"at the first step (chance level {chance:.3g}); try a lower tlm.lr or tlm.init=dm")
     net.eval()
-    return {"steps": step, "final_loss": loss_value, "history": history, "seconds": time.time() - start}
+    out = {"steps": step, "final_loss": loss_value, "history": history, "seconds": time.time() - start}
+    if step:  # a last epoch above a uniform guess's loss: trained, but not to a working stitch
+        out.update(final_epoch_loss=final, chance_loss=chance, above_chance=bool(final > chance))
+    return out

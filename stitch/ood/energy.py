@@ -12,6 +12,11 @@ Liu, Wang, Owens & Li, *Energy-based Out-of-distribution Detection* (NeurIPS 202
   pushing in-distribution energies below ``m_in`` and outlier energies above
   ``m_out``. Paper 2 (Balogh & Jelasity 2025) uses w = 0.1, m_in = -25, m_out = -7
   with T = 1, which are the defaults here.
+
+Multi-label heads (CelebA's 40 attributes) have no softmax: their score is the *joint energy* of
+Wang, Liu, Bocchieri & Li (*Can multi-label classification networks know what they don't know?*,
+NeurIPS 2021), ``E(x) = -sum_k log(1 + exp(f_k(x)))``, the sum of each label's own free energy;
+it is a post-hoc score (no fine-tuning), so Liu et al.'s phase is skipped for multi-label detectors.
 """
 from __future__ import annotations
 
@@ -30,6 +35,12 @@ def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         raise ValueError(f"energy temperature must be positive, got {temperature}")
     logits = logits.float()  # logsumexp in half precision loses the margins (-25) the loss works with
     return -temperature * torch.logsumexp(logits / temperature, dim=1)
+
+
+def joint_energy(logits: torch.Tensor) -> torch.Tensor:
+    """Wang et al.'s joint energy of a multi-label head, ``-sum_k softplus(f_k)`` per sample (lower =
+    more in-distribution: confident positive labels lower it, every label contributes at most 0)."""
+    return -nn.functional.softplus(logits.float()).sum(1)
 
 
 def energy_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import models
 from ..errors import ConfigError
-from .energy import energy
+from .energy import energy, joint_energy
 from .settings import DetectorConfig
 
 
@@ -40,6 +40,14 @@ class TokenClassifier(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
+    def energy(self, logits: torch.Tensor) -> torch.Tensor:
+        """The detector's energy per sample: free energy (softmax head) or joint energy (multi-label)."""
+        return joint_energy(logits) if self.multilabel else energy(logits)
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        """Predicted classes (N), or predicted labels (N x K booleans) of a multi-label head."""
+        return logits > 0 if self.multilabel else logits.argmax(1)
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(self.blocks(h))[:, 0])
 
@@ -48,9 +56,10 @@ class ActivationDetector(nn.Module):
     """Classifier on a layer's activations: standardise -> (resize) -> backbone -> logits."""
 
     def __init__(self, act_shape: tuple[int, ...], num_classes: int, cfg: DetectorConfig,
-                 image_size: tuple[int, int] = (32, 32)):
+                 image_size: tuple[int, int] = (32, 32), multilabel: bool = False):
         super().__init__()
         self.act_shape = tuple(int(s) for s in act_shape)
+        self.multilabel = multilabel  # a head of independent labels: BCE, joint energy, sigmoid > 0.5
         if len(self.act_shape) == 3:
             self.kind = "conv"
             c = self.act_shape[0]
@@ -124,6 +133,13 @@ def detector_outputs(detector: ActivationDetector, acts: Iterable[torch.Tensor])
     es, preds = [], []
     for h in acts:
         logits = detector(h)
-        es.append(energy(logits).cpu())
-        preds.append(logits.argmax(1).cpu())
+        es.append(detector.energy(logits).cpu())
+        preds.append(detector.predict(logits).cpu())
     return torch.cat(es), torch.cat(preds)
+
+
+def prediction_accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
+    """Accuracy of predictions against labels: top-1, or the mean per-label accuracy (N x K)."""
+    if pred.dim() == 2:
+        return float((pred == y.bool()).float().mean())
+    return float((pred == y).float().mean())

@@ -53,7 +53,8 @@ def detector_path(key2: store.DonorKey, layer: str, digest: str, root: str | Pat
 
 def _load(path: Path, meta: dict, device) -> ActivationDetector | None:
     cfg = DetectorConfig.from_dict(meta["config"])
-    det = ActivationDetector(tuple(meta["act_shape"]), meta["num_classes"], cfg, tuple(meta["image_size"]))
+    det = ActivationDetector(tuple(meta["act_shape"]), meta["num_classes"], cfg, tuple(meta["image_size"]),
+                             multilabel=bool(meta.get("multilabel", False)))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         det.load_state_dict(state)
@@ -105,6 +106,7 @@ def get_detector(model2: models.StitchableNetwork, key2: store.DonorKey, layer: 
         meta = {"format": FORMAT, "identity": ident, "hash": digest, "config": cfg.to_dict(), "layer": layer,
                 "donor": str(key2), "donor_sha256": donor_sha, "act_shape": info["act_shape"],
                 "num_classes": dm.num_classes, "image_size": list(dm.input_shape[1:]), "data": dm.name,
+                "multilabel": info["multilabel"], "score": info["score"],
                 "history": info["history"], "metrics": info["eval"],
                 "timings": {k: info[k] for k in ("classify_s", "energy_s", "train_s")},
                 "code_version": code_version(), "hardware": hardware_name(device)}

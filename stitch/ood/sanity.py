@@ -33,7 +33,7 @@ def _available(name: str, options: dict) -> bool:
 def resolve_sanity_data(in_name: str, spec: dict) -> dict | None:
     """Which "truly OOD" data set the sanity check uses, as ``{"name": ..., **options}`` (None: skip).
 
-    ``auto``: SVHN against CIFAR-10 (and CIFAR-10 against SVHN) when their files are
+    ``auto``: SVHN against CIFAR-10 (and CIFAR-10 against SVHN or CelebA) when their files are
     present (roots from ``ood.sanity.options.root``, ``SVHN_ROOT``/``CIFAR10_ROOT``, ``data/<name>``, or the
     workplace's ``shared/data`` copies; SVHN needs only its test split here);
     the bundled digits against the synthetic set; otherwise the procedural
@@ -51,7 +51,7 @@ def resolve_sanity_data(in_name: str, spec: dict) -> dict | None:
         for root in [options.get("root"), os.environ.get("SVHN_ROOT"), "data/svhn", str(SHARED_SVHN)]:
             if root and _available("svhn", {"root": root}):
                 return {"name": "svhn", "root": root}
-    if in_name == "svhn":
+    if in_name in ("svhn", "celeba"):  # faces against natural images of anything else
         from ..data.cifar10 import SHARED_JPEG
 
         for root in [options.get("root"), os.environ.get("CIFAR10_ROOT"), "data/cifar10", str(SHARED_JPEG)]:

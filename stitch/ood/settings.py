@@ -86,8 +86,10 @@ def _check_keys(block: Any, valid: set[str], where: str) -> dict:
         raise ConfigError(f"{where}={block!r}: expected a mapping (key: value) of {', '.join(sorted(valid))} or null")
     bad = [k for k in block if k not in valid]
     if bad:  # one line per key, like stitch/settings.py
-        raise ConfigError("\n  ".join(f"{where}.{k}={block[k]!r}: unknown key; {where} keys are: "
-                                       f"{', '.join(sorted(valid))}" for k in bad))
+        from ..settings import did_you_mean
+
+        raise ConfigError("\n  ".join(f"{where}.{k}={block[k]!r}: unknown key{did_you_mean(k, valid)}; {where} "
+                                       f"keys are: {', '.join(sorted(valid))}" for k in bad))
     return block
 
 

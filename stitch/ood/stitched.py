@@ -9,8 +9,7 @@ import torch
 from ..features import FeatureSource, autocast
 from ..stitching import StitchedNetwork
 from .cache import OODCache
-from .energy import energy
-from .networks import ActivationDetector
+from .networks import ActivationDetector, prediction_accuracy
 from .registry import get_detector
 from .scoring import PERCENTILES, energy_percentiles, energy_summary, ood_scores_metrics
 from .settings import sanity_config
@@ -35,13 +34,13 @@ def stitch_energies(net: StitchedNetwork, source: FeatureSource, detector: Activ
         with autocast(device, source.precision):
             s = net.stitch(batch.a)
         logits_out = detector(s.float())
-        e_out.append(energy(logits_out).cpu())
-        p_out.append(logits_out.argmax(1).cpu())
+        e_out.append(detector.energy(logits_out).cpu())
+        p_out.append(detector.predict(logits_out).cpu())
         ys.append(batch.y.cpu())
         if cached is None:
             logits_in = detector(batch.b.float())
-            e_in.append(energy(logits_in).cpu())
-            p_in.append(logits_in.argmax(1).cpu())
+            e_in.append(detector.energy(logits_in).cpu())
+            p_in.append(detector.predict(logits_in).cpu())
     if cached is None:
         cached = (torch.cat(e_in), torch.cat(p_in))
         if cache is not None:
@@ -89,8 +88,8 @@ def ood_scores(net: StitchedNetwork, source: FeatureSource, key2, ood_cfg: dict 
     out: dict[str, float | None] = {f"ood/{k}": v for k, v in m.items()}
     for name, e in (("energy_in", r["in"]), ("energy_stitched", r["stitched"])):
         out.update({f"ood/{k}": v for k, v in energy_summary(e, name).items()})
-    out["ood/detector_acc"] = float((r["pred_in"] == r["y"]).float().mean())
-    out["ood/detector_acc_stitched"] = float((r["pred_stitched"] == r["y"]).float().mean())
+    out["ood/detector_acc"] = prediction_accuracy(r["pred_in"], r["y"])
+    out["ood/detector_acc_stitched"] = prediction_accuracy(r["pred_stitched"], r["y"])
     sanity_auroc = meta.get("sanity_auroc")
     out["ood/sanity_auroc"] = sanity_auroc
     out["ood/detector_trusted"] = None if sanity_auroc is None else \

@@ -12,9 +12,9 @@ from torch import nn
 
 from .. import models
 from ..data.base import ImageDataModule
-from ..errors import ConfigError
+from ..losses import label_loss
 from .energy import energy_loss
-from .networks import ActivationDetector, detector_outputs, layer_activations
+from .networks import ActivationDetector, detector_outputs, layer_activations, prediction_accuracy
 from .outliers import OutlierSampler
 from .scoring import ood_scores_metrics
 from .settings import DetectorConfig
@@ -39,9 +39,6 @@ def train_detector(model2: models.StitchableNetwork, layer: str, dm: ImageDataMo
     in-distribution, half outliers (:func:`stitch.ood.energy.energy_loss`). Model 2
     stays frozen in eval mode throughout.
     """
-    if dm.multilabel:
-        raise ConfigError(f"OOD detection needs a single-label task (the energy score is defined for a softmax "
-                          f"classifier); {dm.name} is multi-label")
     device = torch.device(device)
     model2.eval()
     layer = model2.check_layer(layer)
@@ -49,7 +46,8 @@ def train_detector(model2: models.StitchableNetwork, layer: str, dm: ImageDataMo
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     shape = model2.layer_shapes(dm.input_shape)[layer]
-    det = ActivationDetector(shape, dm.num_classes, cfg, dm.input_shape[1:]).to(device)
+    multilabel = bool(dm.multilabel)
+    det = ActivationDetector(shape, dm.num_classes, cfg, dm.input_shape[1:], multilabel=multilabel).to(device)
     sample = torch.cat([layer_activations(model2, layer, x)
                         for x, _ in dm.batches("train", 256, device=device, limit=1024)])
     det.set_standardization(sample)
@@ -80,7 +78,7 @@ def train_detector(model2: models.StitchableNetwork, layer: str, dm: ImageDataMo
                     logits_in = logits[:len(x)]
                 else:
                     logits_in = det(layer_activations(model2, layer, x))
-                    loss = nn.functional.cross_entropy(logits_in, y)
+                    loss = label_loss(logits_in, y, multilabel)  # cross-entropy, or BCE per label
                     parts = {"ce": float(loss.detach())}
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"OOD detector loss became {float(loss)} (layer {layer}, "
@@ -92,7 +90,7 @@ def train_detector(model2: models.StitchableNetwork, layer: str, dm: ImageDataMo
                 step += 1
                 n_b += 1
                 sums["loss"] += float(loss.detach())
-                sums["acc"] += float((logits_in.argmax(1) == y).float().mean())
+                sums["acc"] += prediction_accuracy(det.predict(logits_in.detach()), y)
                 for k, v in parts.items():
                     sums[k] += v
             history.append({"phase": "energy" if energy_phase else "classify", "epoch": epoch,
@@ -104,13 +102,20 @@ def train_detector(model2: models.StitchableNetwork, layer: str, dm: ImageDataMo
     run_phase(cfg.epochs, cfg.lr, False, None)
     t1 = time.time()
     sampler = None
-    if cfg.energy_epochs:
+    if multilabel and cfg.energy_epochs:
+        log.info("detector %s: multi-label head, scored by its joint energy (post hoc, Wang et al. 2021): "
+                 "no energy fine-tuning (ood.energy.epochs=%d unused)", layer, cfg.energy_epochs)
+    if cfg.energy_epochs and not multilabel:
         sampler = OutlierSampler(dm, cfg.outlier_sources, [dict(s) for s in cfg.outlier_datasets],
                                  _grayscale_option(cfg.grayscale))
         run_phase(cfg.energy_epochs, cfg.energy_lr, True, sampler)
     det.eval()
     info = {"history": history, "classify_s": t1 - t0, "energy_s": time.time() - t1, "train_s": time.time() - t0,
-            "act_shape": list(shape)}
+            "act_shape": list(shape), "multilabel": multilabel,
+            "score": "joint energy (Wang et al. 2021)" if multilabel else "free energy (Liu et al. 2020)"}
+    if sampler is None:  # held-out outliers are scored whether or not they were trained against
+        sampler = OutlierSampler(dm, cfg.outlier_sources, [dict(s) for s in cfg.outlier_datasets],
+                                 _grayscale_option(cfg.grayscale))
     info["eval"] = evaluate_detector(det, model2, layer, dm, device, sampler, seed=cfg.seed + 1)
     return det, info
 
@@ -126,7 +131,7 @@ def evaluate_detector(det: ActivationDetector, model2, layer: str, dm: ImageData
         ys.append(y.cpu())
     e_in, pred = detector_outputs(det, feats)
     y = torch.cat(ys)
-    out = {"split": split, "acc": float((pred == y).float().mean()), "energy_in_mean": float(e_in.mean()),
+    out = {"split": split, "acc": prediction_accuracy(pred, y), "energy_in_mean": float(e_in.mean()),
            "energy_in_std": float(e_in.std()) if len(e_in) > 1 else 0.0, "samples": len(y)}
     if sampler is not None:
         g = torch.Generator().manual_seed(10_000 + seed)  # a different draw from any training batch

@@ -284,6 +284,10 @@ def load(key: DonorKey, root: str | Path | None = None, device: str | torch.devi
     return net.to(device).eval(), meta
 
 
-def sanity_floor(num_classes: int, multilabel: bool = False) -> float:
-    """Accuracy below which a donor is taken as untrained or broken: 1.5x chance (single-label)."""
-    return 0.5 if multilabel else min(0.99, 1.5 / num_classes)
+def sanity_floor(num_classes: int, multilabel: bool = False, majority_acc: float | None = None) -> float:
+    """Accuracy below which a donor is taken as untrained or broken: 1.5x chance (single-label); for
+    multi-label tasks half a point above always predicting each attribute's majority value (when
+    known; CelebA's is ~0.80), else 0.5."""
+    if multilabel:
+        return min(0.999, majority_acc + 0.005) if majority_acc is not None else 0.5
+    return min(0.99, 1.5 / num_classes)

@@ -71,7 +71,8 @@ def check_available(spec: ModelSpec, which: str, data: DataSpec, donor: DonorSet
 
 
 def load_donor(spec: ModelSpec, which: str, data: DataSpec, donor: DonorSettings, store_root: str,
-               device: torch.device, num_classes: int | None = None) -> Donor:
+               device: torch.device, num_classes: int | None = None,
+               input_shape: tuple[int, ...] | None = None) -> Donor:
     """Model ``which`` from the store: imported from ``spec.weights`` or trained on demand when missing.
 
     ``num_classes``: the data's class count, checked against the donor's."""
@@ -92,6 +93,11 @@ def load_donor(spec: ModelSpec, which: str, data: DataSpec, donor: DonorSettings
     if num_classes is not None and meta.get("num_classes") not in (None, num_classes):
         raise ConfigError(f"donor {key} ({which}) has {meta['num_classes']} classes but {data.name} has "
                           f"{num_classes}: a stitched network would be scored against the wrong labels")
+    trained_on = meta.get("input_shape")
+    if input_shape is not None and trained_on and tuple(trained_on) != tuple(input_shape):
+        raise ConfigError(f"donor {key} ({which}) was trained on {data.name} images of shape {tuple(trained_on)}, "
+                          f"but this study's are {tuple(input_shape)}: set data.image_size={trained_on[-1]} (or keep "
+                          f"donors of another input size in another store=)")
     check_not_at_chance(key, which, meta, donor.allow_chance, store_root)
     normalize = data.normalize
     if bool(meta.get("normalize", True)) != bool(normalize):
@@ -106,7 +112,8 @@ def check_not_at_chance(key: store.DonorKey, which: str, meta: dict, allowed: bo
     acc = (meta.get("metrics") or {}).get("test_acc")
     if acc is None or allowed:
         return
-    floor = store.sanity_floor(int(meta.get("num_classes") or 2), bool(meta.get("multilabel")))
+    floor = store.sanity_floor(int(meta.get("num_classes") or 2), bool(meta.get("multilabel")),
+                               (meta.get("metrics") or {}).get("test_majority_acc"))
     if acc < floor:
         remake = (f"check the imported file and its import options" if key.imported else
                   f"retrain it longer:\n  {key.train_command(store_root)} epochs=<more> force=true\n ")
@@ -173,11 +180,13 @@ class Study:
         for which in ("model1", "model2"):  # a missing donor that cannot be trained: say so before training the other
             check_available(getattr(s, which), which, s.data, s.donor, s.store)
         data.setup()
-        d1 = load_donor(s.model1, "model1", s.data, s.donor, s.store, device, data.num_classes)
+        d1 = load_donor(s.model1, "model1", s.data, s.donor, s.store, device, data.num_classes,
+                        getattr(data, "input_shape", None))
         if donor_key(s.model2, s.data) == d1.key:
             d2 = d1  # self-stitching: one network
         else:
-            d2 = load_donor(s.model2, "model2", s.data, s.donor, s.store, device, data.num_classes)
+            d2 = load_donor(s.model2, "model2", s.data, s.donor, s.store, device, data.num_classes,
+                            getattr(data, "input_shape", None))
         if pairs is None:
             pairs = layer_pairs(s.layer, s.target_layer, d1.net, d2.net)
         for L, M in pairs:  # incompatible layers are a configuration error: reject before running anything

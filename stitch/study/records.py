@@ -93,5 +93,7 @@ def format_table(records: list[dict]) -> str:
         line = "  ".join(f"{str(v):>{w}}" for v, (_, w) in zip(vals, cols))
         if r["status"] == "claimed":  # being done by another process: neither ok nor failed
             line += f"  claimed by {r.get('claimed_by', '?')}"
+        elif (r.get("fit") or {}).get("above_chance"):
+            line += "  NOT CONVERGED (loss above chance)"
         lines.append(line)
     return "\n".join(lines)

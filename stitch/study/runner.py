@@ -53,7 +53,9 @@ def run_study(cfg: dict | StudySettings) -> list[dict]:
         check_wandb_installed(s.logger.as_dict())
     study = Study.assemble(s)
     records: list[dict] = []
-    progress = StudyProgress(len(study.layer_pairs) * len(s.method), every_s=float(s.progress_every_s), start=t0)
+    weights, kinds = _run_weights(study)
+    progress = StudyProgress(len(study.layer_pairs) * len(s.method), every_s=float(s.progress_every_s), start=t0,
+                             weights=weights, kinds=kinds)
     wandb_cfg = _wandb_config(s.logger, s.study)  # online or offline is decided here, once
     study_start = t0  # with force, a record another process wrote since then is that process's work
     for ctx in study.pairs():
@@ -66,6 +68,20 @@ def run_study(cfg: dict | StudySettings) -> list[dict]:
         if r["status"] == "claimed":
             records[i] = finished(record_path(s.results_dir, r["run"])) or r
     return records
+
+
+def _run_weights(study: Study) -> tuple[list[float], list[str]]:
+    """Each run's expected cost and kind, in run order (for the progress ETA)."""
+    from ..progress import run_weight
+
+    s, layers2 = study.settings, study.model2.net.layers
+    weights, kinds = [], []
+    for _, M in study.layer_pairs:
+        for name in s.method:
+            m = s.method[name]
+            weights.append(run_weight(m.kind, layers2.index(M), len(layers2), getattr(m, "epochs", 1)))
+            kinds.append(m.kind)
+    return weights, kinds
 
 
 def _run(study: Study, ctx: PairContext, name: str, progress: StudyProgress, wandb_cfg: dict | None,
@@ -135,12 +151,19 @@ def _fit_and_evaluate(study: Study, ctx: PairContext, name: str, slug: str, run_
     if m.kind == "dm":
         net, info = fit_direct(ctx, m)
     else:
-        net, info = fit_task_loss(ctx, m, s.seed, study.data.multilabel, on_epoch=_epoch_callback(run_progress, wb))
+        net, info = fit_task_loss(ctx, m, s.seed, study.data.multilabel, on_epoch=_epoch_callback(run_progress, wb),
+                                  on_step=run_progress.step)
+    out = {}
+    if info.get("above_chance"):
+        note = (f"TLM did not converge: its last epoch's mean loss {info['final_epoch_loss']:.3f} is above chance "
+                f"level {info['chance_loss']:.3f} (a uniform guess); its relative accuracy measures the training, "
+                f"not the layers: give it more tlm.epochs (or tlm.init=dm)")
+        log.warning("run %s: %s", slug, note)
+        out["warnings"] = [note]
     t_eval = time.time()
     sim = s.similarity
     metrics = evaluate(net, ctx.source, study.data.multilabel, "test", list(sim.indices), sim.samples, sim.mode,
                        sim.raw)
-    out = {}
     if s.ood.enabled:
         from ..ood import ood_scores
 
@@ -149,9 +172,10 @@ def _fit_and_evaluate(study: Study, ctx: PairContext, name: str, slug: str, run_
         metrics.update(ood["metrics"])
         out["ood_energies"] = ood["energies"]
         if ood["metrics"]["ood/detector_trusted"] == 0:
-            out["warnings"] = [f"the OOD detector of {ctx.M} fails its sanity check ({ood['energies']['sanity_data']} "
-                               f"AUROC {ood['metrics']['ood/sanity_auroc']:.3f} < ood.sanity.min_auroc): its AUROC "
-                               f"cannot call this stitch in-distribution"]
+            out.setdefault("warnings", []).append(
+                f"the OOD detector of {ctx.M} fails its sanity check ({ood['energies']['sanity_data']} AUROC "
+                f"{ood['metrics']['ood/sanity_auroc']:.3f} < ood.sanity.min_auroc): its AUROC cannot call this "
+                f"stitch in-distribution")
     history = info.pop("history", None)
     if s.save_stitch:
         # written before the record, so a record with stitch_file always has its file
