@@ -142,6 +142,9 @@ def main(entry: Callable[[], Any]) -> None:
         # Hydra reports its own errors (unknown key, bad override, missing config file) and exits 1
         # while handling the exception, which therefore is the SystemExit's __context__
         if e.code == 1 and isinstance(e.__context__, HydraException):
+            if "Ambiguous value" in str(e.__context__):  # method=tlm,dm without -m
+                print("hint: a comma-separated value is a sweep, which needs -m (python stitch.py -m method=tlm,dm); "
+                      "for one run over a list use brackets: method=[tlm,dm]", file=sys.stderr)
             sys.exit(BAD_CONFIG)
         raise
     sys.exit(_worst)

@@ -119,3 +119,9 @@ def test_donor_with_another_class_count_is_a_config_error(tmp_path, donor_store)
     assert r.returncode == 2, r.stderr[-3000:]
     assert "has 10 classes but synthetic has 7" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "res" / "records").exists()
+
+
+def test_a_sweep_value_without_multirun_gets_a_hint(tmp_path):
+    r = run_script("stitch.py", "method=tlm,dm", f"hydra.run.dir={tmp_path}/out")
+    assert r.returncode == 2
+    assert "needs -m (python stitch.py -m method=tlm,dm)" in r.stderr and "method=[tlm,dm]" in r.stderr

@@ -62,12 +62,19 @@ def check_available(spec: ModelSpec, which: str, data: DataSpec, donor: DonorSet
     if store.exists(key, store_root):
         return
     where = store.store_root(store_root).resolve()
+    given = {k: v for k, v in data.as_dict().items() if k in _DATA_IDENTITY and v is not None}
     if key.imported:
+        extra = "".join(f" --data-root {v}" if k == "root" else f" --data-option {k}={v}" for k, v in given.items())
         raise CheckpointError(f"no donor {key} for {which} in the model store {where}; import it with:\n  "
-                              f"{key.train_command(store_root)}\n(or pass {which}.weights=<file>)")
+                              f"{key.train_command(store_root)}{extra}\n(or pass {which}.weights=<file>)")
     if not donor.train_missing:
+        extra = "".join(f" data.{k}={v}" for k, v in given.items())
         raise CheckpointError(f"no trained donor {key} for {which} in the model store {where}; train it with:\n"
-                              f"  {key.train_command(store_root)}\n(or run with donor.train_missing=true)")
+                              f"  {key.train_command(store_root)}{extra}\n(or run with donor.train_missing=true)")
+
+
+# the data options a donor's training or import needs repeated (where the files are, what size they are read at)
+_DATA_IDENTITY = ("root", "image_size", "layout")
 
 
 def load_donor(spec: ModelSpec, which: str, data: DataSpec, donor: DonorSettings, store_root: str,
