@@ -348,6 +348,38 @@ def test_layer_order_follows_the_recorded_forward_positions():
     assert layer_order(df.drop(columns="layer_index")) == ["bn1", "bn2", "bn10", "conv1", "relu1"]
 
 
+def test_p1_fig2_draws_accuracy_and_cross_entropy_in_separate_panels_with_honest_titles(figure_dirs, tmp_path,
+                                                                                          monkeypatch):
+    """Relative accuracy and cross-entropy no longer share twin axes (one hid the other, the baseline flattened
+    both): accuracy above, cross-entropy below on a log scale with the no-transformation baseline, every
+    method in both, a legend naming them, and a title that claims bands only where runs were repeated."""
+    from stitch.sweep import figures
+
+    drawn = {}
+    real_save = figures.save
+    monkeypatch.setattr(figures, "save", lambda fig, ctx, stem=None: drawn.setdefault(stem or ctx.name, fig) and
+                        real_save(fig, ctx, stem))
+    c = collect([figure_dirs["p1_fig2"]])
+    ctx = FigureContext(c.runs, aggregate(c.runs), c.history, tmp_path, "fig-p1-2", formats=("png",))
+    draw("p1_fig2", ctx)
+    fig = drawn["fig-p1-2"]
+    acc, ce = fig.axes[0], fig.axes[1]
+    assert acc.get_ylabel().startswith("relative accuracy") and ce.get_yscale() == "log"
+    acc_lines = [line.get_label() for line in acc.get_lines()]
+    ce_lines = [line.get_label() for line in ce.get_lines()]
+    assert len(acc_lines) == 2 and acc_lines == ce_lines[:2]  # TLM and least squares in both panels
+    mean_tlm = np.nanmean(acc.get_lines()[0].get_ydata())
+    assert 0.9 < mean_tlm < 1.05  # the drawn values are the records' (TLM around 0.97)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert set(acc_lines) <= set(legend)
+    assert "bands: ±1 std over runs" in fig._suptitle.get_text()  # 3 donor pairs per point
+    # one run per point: the title says so instead of promising bands
+    one = c.runs[c.runs["model1.seed"].astype(str) == "0"]
+    drawn.clear()
+    draw("p1_fig2", FigureContext(one, aggregate(one), c.history, tmp_path, "fig-p1-2", formats=("png",)))
+    assert "one run per point (no bands)" in drawn["fig-p1-2"]._suptitle.get_text()
+
+
 def test_p2_fig1_energy_panels_show_every_source_and_the_sanity_set(figure_dirs, tmp_path, monkeypatch):
     """Fig. 1(c) is drawn from the records' energy percentiles: real and SVHN above, one curve per source below;
     the AUROC panel hatches the column whose detector failed its sanity check."""

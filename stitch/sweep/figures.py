@@ -163,7 +163,7 @@ def describe(ctx: FigureContext, df: pd.DataFrame | None = None) -> str:
     tlm = df[col(df, "kind") == "tlm"]
     if len(tlm) and "method_config.epochs" in tlm:
         eps = _values(tlm["method_config.epochs"].astype("Int64"))
-        parts.append(f"TLM {'/'.join(eps)} epochs")
+        parts.append(f"TLM {'/'.join(eps)} epoch{'' if eps == ['1'] else 's'}")
     n = df.groupby("condition").size() if "condition" in df else pd.Series([len(df)])
     lo, hi = int(n.min()), int(n.max())
     parts.append(f"{lo} run{'s' if hi > 1 else ''} per point" if lo == hi else f"{lo}-{hi} runs per point")
@@ -289,44 +289,46 @@ def p1_fig2(ctx: FigureContext) -> list[Path]:
     if not len(agg):
         return empty(ctx, cap, "no same-layer stitching runs (layer = target_layer) to plot")
     panels = list(agg.groupby(["model1.tag", "data"], sort=True))
-    rows, cols = _grid(len(panels), 2)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 3.6 * rows), squeeze=False, layout="constrained")
+    # two rows per network, not twin axes: relative accuracy above, cross-entropy below on a log scale, so the
+    # "no transformation" baseline (often 10-100x the methods' values) does not flatten the curves to the floor
+    cols = min(len(panels), 3)
+    fig, axes = plt.subplots(2, cols, figsize=(5.2 * cols, 6.4), squeeze=False, layout="constrained", sharex="col")
     handles = {}
     # paper 1 reports the mean over samples and classes of -p2 log q (H(p2, q) / C); older records: nats
     ce = "cross_entropy_paper1" if "cross_entropy_paper1.mean" in agg else "cross_entropy"
-    ce_label = ("cross-entropy to model 2, paper 1's unit: H(p2, q) / C" if ce == "cross_entropy_paper1"
-                else "cross-entropy to model 2 output (nats)")
-    for ax, ((tag, data), g) in zip(axes.flat, panels):
+    ce_label = ("cross-entropy to model 2\n(paper 1's unit: H(p2, q) / C, log scale)" if ce == "cross_entropy_paper1"
+                else "cross-entropy to model 2 (nats, log scale)")
+    several = bool((agg["n_ok"] > 1).any())
+    for i, ((tag, data), g) in enumerate(panels[:cols]):
+        ax, ax_ce = axes[0, i], axes[1, i]
         layers = layer_order(g)
         x = np.arange(len(layers))
-        ax2 = ax.twinx()
-        ax2.grid(False)
-        ax2.spines["right"].set_visible(True)
         g = add_curves(g)
         colors = curve_colors(g)
         for v, gm in sorted(g.groupby("curve"), key=lambda t: (_method_rank(t[1]["method"].iloc[0]), t[0])):
             gm = gm.set_index("layer").reindex(layers)
-            c = colors[v]
-            band(ax, x, gm["relative_acc.mean"], gm["relative_acc.std"], c, f"{v}: relative accuracy")
+            band(ax, x, gm["relative_acc.mean"], gm["relative_acc.std"], colors[v], v)
             if f"{ce}.mean" in gm:
-                band(ax2, x, gm[f"{ce}.mean"], gm[f"{ce}.std"], c,
-                     f"{v}: cross-entropy", ls="--", marker="s", alpha=0.1)
+                band(ax_ce, x, gm[f"{ce}.mean"], gm[f"{ce}.std"], colors[v], v, marker="s", alpha=0.1)
         base = f"identity_{ce}.mean"
         if base in g and g[base].notna().any():  # paper 1's "no transformation" baseline, per layer
             ident = g.groupby("layer")[base].mean().reindex(layers)
-            ax2.plot(x, ident, color="0.5", ls=":", marker=".", label="no transformation: cross-entropy")
-        ax.set_xticks(x, layers)
-        _rotate_layer_ticks(ax, layers)
-        ax.set_xlabel("stitched layer")
-        ax.set_ylabel("relative accuracy (stitched / model 2)")
-        ax2.set_ylabel(ce_label)
+            ax_ce.plot(x, ident, color="0.45", ls=":", marker=".", label="no transformation (baseline)")
+        ax_ce.set_yscale("log")
         ax.set_title(f"{arch_label(tag)} · {_DATA_LABELS.get(data, data)}")
-        for h in ax.get_lines() + ax2.get_lines():
-            handles.setdefault(h.get_label(), h)
-    for ax in axes.flat[len(panels):]:
-        ax.set_visible(False)
-    fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center", ncol=2, frameon=False)
-    suptitle(fig, ctx, cap + " (bands: ±1 std over runs)", same_layer(ctx.ok))
+        ax.set_ylabel("relative accuracy (stitched / model 2)")
+        ax_ce.set_ylabel(ce_label)
+        ax_ce.set_xticks(x, layers)
+        _rotate_layer_ticks(ax_ce, layers)
+        ax_ce.set_xlabel("stitched layer")
+        for a in (ax, ax_ce):
+            for hh, ll in zip(*a.get_legend_handles_labels()):
+                handles.setdefault(ll, hh)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center", ncol=3, frameon=False)
+    spread = "bands: ±1 std over runs" if several else "one run per point (no bands)"
+    suptitle(fig, ctx, f"{cap} ({spread})", same_layer(ctx.ok))
+    if len(panels) > cols:
+        log.warning("p1_fig2: %d networks, drawing the first %d", len(panels), cols)
     return save(fig, ctx)
 
 
