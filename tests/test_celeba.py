@@ -40,8 +40,17 @@ def _attributes(n: int) -> np.ndarray:
     return np.array([[1 if (i >> (k % 5)) & 1 else -1 for k in range(40)] for i in range(n)], dtype=np.int8)
 
 
-def write_packed(path, n: int = 20) -> np.ndarray:
-    blobs = [_jpeg(_face(i)) for i in range(n)]
+def _coded_face(i: int, w: int = 16, h: int = 20) -> np.ndarray:
+    """Five vertical stripes, stripe b bright when bit b of i is set: the attributes of _attributes are visible."""
+    img = np.full((h, w, 3), 40, dtype=np.uint8)
+    for b in range(5):
+        if (i >> b) & 1:
+            img[:, 3 * b:3 * b + 3] = 220
+    return img
+
+
+def write_packed(path, n: int = 20, face=_face) -> np.ndarray:
+    blobs = [_jpeg(face(i)) for i in range(n)]
     offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
     attrs = _attributes(n)
     np.savez(path, jpeg=np.frombuffer(b"".join(blobs), dtype=np.uint8), offsets=offsets,
@@ -161,7 +170,7 @@ def test_a_multilabel_detector_trains_scores_by_joint_energy_and_tells_faces_fro
     from stitch.ood.energy import joint_energy
     from stitch.ood.training import train_detector
 
-    write_packed(tmp_path / "celeba.npz", n=120)
+    write_packed(tmp_path / "celeba.npz", n=120, face=_coded_face)
     dm = data_lib.build("celeba", root=str(tmp_path), image_size=16, batch_size=32)
     dm.setup()
     torch.manual_seed(0)

@@ -40,14 +40,6 @@ class TokenClassifier(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
-    def energy(self, logits: torch.Tensor) -> torch.Tensor:
-        """The detector's energy per sample: free energy (softmax head) or joint energy (multi-label)."""
-        return joint_energy(logits) if self.multilabel else energy(logits)
-
-    def predict(self, logits: torch.Tensor) -> torch.Tensor:
-        """Predicted classes (N), or predicted labels (N x K booleans) of a multi-label head."""
-        return logits > 0 if self.multilabel else logits.argmax(1)
-
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(self.blocks(h))[:, 0])
 
@@ -105,6 +97,14 @@ class ActivationDetector(nn.Module):
         # dead (constant) channels: unit scale, so they stay 0 instead of blowing up
         std = rows.std(1)
         self.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
+    def energy(self, logits: torch.Tensor) -> torch.Tensor:
+        """The detector's energy per sample: free energy (softmax head) or joint energy (multi-label)."""
+        return joint_energy(logits) if self.multilabel else energy(logits)
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        """Predicted classes (N), or predicted labels (N x K booleans) of a multi-label head."""
+        return logits > 0 if self.multilabel else logits.argmax(1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         # One layout, whatever model 2 runs in (NCHW or channels-last): the backbone's own (see
