@@ -106,3 +106,11 @@ def fit_task_loss(ctx: PairContext, m: TLMSettings, seed: int, multilabel: bool,
     if m.l1:
         info["sparsity"] = float((net.stitch.matrix.abs() < m.zero_threshold).float().mean())
     return net, info
+
+
+def fit(ctx: PairContext, m: DMSettings | TLMSettings, seed: int, multilabel: bool, on_epoch=None, on_step=None
+        ) -> tuple[StitchedNetwork, dict]:
+    """Fit one stitching layer with ``m``'s method: what ``stitch.py``'s runs and ``stitch.api`` both call."""
+    if m.kind == "dm":
+        return fit_direct(ctx, m)
+    return fit_task_loss(ctx, m, seed, multilabel, on_epoch=on_epoch, on_step=on_step)

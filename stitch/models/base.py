@@ -19,9 +19,11 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 
-class UnknownLayerError(ValueError):
-    """Raised for a layer name the network does not expose."""
+
+class UnknownLayerError(ConfigError, ValueError):
+    """Raised for a layer name the network does not expose (a configuration error: exit 2, one line)."""
 
 
 class StitchableNetwork(nn.Module):

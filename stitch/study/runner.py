@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from ..evaluation import evaluate
 from ..fileio import check_writable_dir, save_torch, write_json
 from ..hardware import hardware_name, peak_memory_gb
-from ..matching.fitting import PairContext, fit_direct, fit_task_loss
+from ..matching.fitting import PairContext, fit
 from ..progress import StudyProgress
 from ..results import read_record
 from ..settings import LoggerSettings, StudySettings, study_settings
@@ -148,11 +148,8 @@ def _run(study: Study, ctx: PairContext, name: str, progress: StudyProgress, wan
 
 def _fit_and_evaluate(study: Study, ctx: PairContext, name: str, slug: str, run_progress, wb) -> dict:
     s, m = study.settings, study.settings.method[name]
-    if m.kind == "dm":
-        net, info = fit_direct(ctx, m)
-    else:
-        net, info = fit_task_loss(ctx, m, s.seed, study.data.multilabel, on_epoch=_epoch_callback(run_progress, wb),
-                                  on_step=run_progress.step)
+    net, info = fit(ctx, m, s.seed, study.data.multilabel, on_epoch=_epoch_callback(run_progress, wb),
+                    on_step=run_progress.step)
     out = {}
     if info.get("above_chance"):
         note = (f"TLM did not converge: its last epoch's mean loss {info['final_epoch_loss']:.3f} is above chance "
