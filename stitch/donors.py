@@ -32,6 +32,25 @@ class EpochLines(pl.Callback):
                  ", ".join(parts), time.time() - self.start)
 
 
+class _NoTips(logging.Filter):
+    """Lightning's advertisement for its cloud logger, printed on every training: not ours to show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _quiet_lightning() -> None:
+    """Drop what Lightning says on every training that is not about this training: the cloud-logger tip, the
+    note that our LightningModule's on_after_batch_transfer is used (it is meant to be: the data modules
+    preprocess whole batches there) and torch's pytree deprecation inside Lightning."""
+    import warnings
+
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoTips())
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoTips())
+    warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
 def train_donor(data_cfg: dict, model_cfg: dict, optim_cfg: dict, trainer_cfg: dict, epochs: int, seed: int,
                 store_root: str, logger_cfg: dict | None = None, force: bool = False) -> dict:
     """Train one donor (or find it in the store) and return its metadata."""
@@ -41,6 +60,7 @@ def train_donor(data_cfg: dict, model_cfg: dict, optim_cfg: dict, trainer_cfg: d
         log.info("donor %s already in the store (test acc %.4f); skipping (force=true retrains)", key,
                  meta["metrics"]["test_acc"])
         return meta
+    _quiet_lightning()
     pl.seed_everything(seed, workers=True)
     dm = data_lib.from_config(data_cfg, seed=seed)
     dm.setup()
