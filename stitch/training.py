@@ -14,6 +14,7 @@ from torch import nn
 
 from .data.base import ImageDataModule
 from .losses import label_loss
+from .settings import OptimSettings, Problems, _raise
 
 
 def accuracy_metric(num_classes: int, multilabel: bool, sync: bool = True) -> torchmetrics.Metric:
@@ -28,21 +29,29 @@ def accuracy_metric(num_classes: int, multilabel: bool, sync: bool = True) -> to
                                                           sync_on_compute=sync)
 
 
-def build_optimizer(params, cfg: dict[str, Any], steps_per_epoch: int, epochs: int):
+def optim_settings(cfg: dict[str, Any] | OptimSettings) -> OptimSettings:
+    """The typed optimiser settings of a preset dict (checked; a missing key takes ``OptimSettings``' default,
+    the only place defaults live)."""
+    if isinstance(cfg, OptimSettings):
+        return cfg
+    problems = Problems()
+    settings = OptimSettings.parse(dict(cfg), "optim.", problems)
+    _raise(problems)
+    return settings
+
+
+def build_optimizer(params, cfg: dict[str, Any] | OptimSettings, steps_per_epoch: int, epochs: int):
     """Optimiser + per-step LR schedule from a preset (``conf/optim/*.yaml``)."""
-    name = cfg["name"]
-    if name == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg.get("momentum", 0.9),
-                              weight_decay=cfg.get("weight_decay", 5e-4), nesterov=cfg.get("nesterov", False))
-    elif name == "adam":
-        opt = torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
-    elif name == "adamw":
-        opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.05))
-    else:
-        raise ValueError(f"unknown optimiser {name!r}; use sgd, adam or adamw")
+    o = optim_settings(cfg)
+    if o.name == "sgd":
+        opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
+    elif o.name == "adam":
+        opt = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    else:  # adamw (the settings allow nothing else)
+        opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
     total = max(1, steps_per_epoch * epochs)
-    warmup = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
-    schedule = cfg.get("schedule", "cosine")
+    warmup = int(o.warmup_epochs * steps_per_epoch)
+    schedule = o.schedule
     if schedule == "cosine":
         f = lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + torch.cos(  # noqa: E731
             torch.tensor(torch.pi * (s - warmup) / max(1, total - warmup))).item())

@@ -40,8 +40,16 @@ def test_optimizer_presets():
         opt.step()
         sched.step()
     assert lrs[0] == pytest.approx(0.1) and lrs[15] == pytest.approx(0.01) and lrs[25] == pytest.approx(0.001)
-    with pytest.raises(ValueError, match="unknown optimiser"):
+    from stitch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"optim.name=.lbfgs.: expected one of sgd, adam, adamw"):
         build_optimizer(p, {"name": "lbfgs", "lr": 1}, 1, 1)
+    # an unset key takes the one default there is (OptimSettings'), whatever the optimiser
+    from stitch.settings import OptimSettings
+
+    for name in ("sgd", "adam", "adamw"):
+        opt, _ = build_optimizer(p, {"name": name, "lr": 0.1}, 1, 1)
+        assert opt.param_groups[0]["weight_decay"] == OptimSettings().weight_decay
 
 
 @pytest.mark.slow
