@@ -356,8 +356,8 @@ class OODSettings(Section):
             for parse in (detector_config, sanity_config):
                 try:
                     parse(self.as_dict())
-                except ConfigError as e:
-                    problems.append(str(e))
+                except ConfigError as e:  # each of the block's problems, counted with the others
+                    problems.extend(getattr(e, "problems", None) or str(e).split("\n  "))
 
 
 

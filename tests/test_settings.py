@@ -212,3 +212,14 @@ def test_an_unknown_key_suggests_the_near_miss(tmp_path):
     assert did_you_mean("zzz", ["lr", "epochs"]) == ""
     with pytest.raises(ConfigError, match=r"tlm.epoch=5: unknown key \(did you mean epochs\?\)"):
         _settings(tmp_path, "+tlm.epoch=5")
+
+
+def test_the_ood_block_reports_all_its_problems_with_the_others(tmp_path):
+    from stitch.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        _settings(tmp_path, "ood.enabled=true", "ood.detector.epochs=-1", "ood.energy.lr=-3", "tlm.lr=-1",
+                  "tlm.loss=sofft")
+    msg = str(e.value)
+    assert msg.startswith("4 configuration problems:")
+    assert all(k in msg for k in ("ood.detector.epochs=-1", "ood.energy.lr=-3", "tlm.lr=-1", "tlm.loss='sofft'"))

@@ -186,13 +186,22 @@ def detector_config(ood_cfg: dict | None) -> DetectorConfig:
     Raises :class:`~stitch.errors.ConfigError` naming the offending key for unknown
     keys and out-of-range values.
     """
-    o = _check_keys(ood_cfg or {}, _OOD_KEYS, "ood")
-    d = _check_keys(o.get("detector"), _DETECTOR_KEYS, "ood.detector")
-    conv = _check_keys(d.get("conv"), _CONV_KEYS, "ood.detector.conv")
-    tok = _check_keys(d.get("tokens"), _TOKEN_KEYS, "ood.detector.tokens")
-    e = _check_keys(o.get("energy"), _ENERGY_KEYS, "ood.energy")
-    out = _check_keys(o.get("outliers"), _OUTLIER_KEYS, "ood.outliers")
-    _check_keys(o.get("sanity"), _SANITY_KEYS, "ood.sanity")
+    problems: list[str] = []  # every problem of the block at once, like stitch/settings.py
+
+    def chk(fn, *args, default=None, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as err:
+            problems.extend(getattr(err, "problems", None) or [str(err)])
+            return default
+
+    o = chk(_check_keys, ood_cfg or {}, _OOD_KEYS, "ood", default={})
+    d = chk(_check_keys, o.get("detector"), _DETECTOR_KEYS, "ood.detector", default={})
+    conv = chk(_check_keys, d.get("conv"), _CONV_KEYS, "ood.detector.conv", default={})
+    tok = chk(_check_keys, d.get("tokens"), _TOKEN_KEYS, "ood.detector.tokens", default={})
+    e = chk(_check_keys, o.get("energy"), _ENERGY_KEYS, "ood.energy", default={})
+    out = chk(_check_keys, o.get("outliers"), _OUTLIER_KEYS, "ood.outliers", default={})
+    chk(_check_keys, o.get("sanity"), _SANITY_KEYS, "ood.sanity")
     base = DetectorConfig()
 
     arch = conv.get("arch", base.conv_arch)
@@ -231,36 +240,47 @@ def detector_config(ood_cfg: dict | None) -> DetectorConfig:
                           f"ood.outliers.datasets) for energy fine-tuning")
     cfg = DetectorConfig(
         conv_arch=arch, conv_options=tuple(sorted(options.items())),
-        input_size=_int(conv.get("input_size", base.input_size), "ood.detector.conv.input_size", 4, True),
-        token_depth=_int(tok.get("depth", base.token_depth), "ood.detector.tokens.depth", 1),
+        input_size=chk(_int, conv.get("input_size", base.input_size), "ood.detector.conv.input_size", 4, True),
+        token_depth=chk(_int, tok.get("depth", base.token_depth), "ood.detector.tokens.depth", 1),
         token_heads=heads,
-        token_mlp_ratio=_float(tok.get("mlp_ratio", base.token_mlp_ratio), "ood.detector.tokens.mlp_ratio", True),
-        batch_size=_int(d.get("batch_size", base.batch_size), "ood.detector.batch_size", 2),
-        epochs=_int(d.get("epochs", base.epochs), "ood.detector.epochs", 0),
-        lr=_float(d.get("lr", base.lr), "ood.detector.lr", positive=True),
-        weight_decay=_float(d.get("weight_decay", base.weight_decay), "ood.detector.weight_decay", nonneg=True),
-        augment=_bool(d.get("augment", base.augment), "ood.detector.augment"),
-        train_limit=_int(d.get("train_limit", base.train_limit), "ood.detector.train_limit", 1, True),
-        seed=_int(d.get("seed", base.seed), "ood.detector.seed", 0),
-        energy_epochs=_int(e.get("epochs", base.energy_epochs), "ood.energy.epochs", 0),
-        energy_lr=_float(e.get("lr", base.energy_lr), "ood.energy.lr", positive=True),
-        energy_weight=_float(e.get("weight", base.energy_weight), "ood.energy.weight", nonneg=True),
-        m_in=_float(e.get("m_in", base.m_in), "ood.energy.m_in"),
-        m_out=_float(e.get("m_out", base.m_out), "ood.energy.m_out"),
+        token_mlp_ratio=chk(_float, tok.get("mlp_ratio", base.token_mlp_ratio), "ood.detector.tokens.mlp_ratio", True),
+        batch_size=chk(_int, d.get("batch_size", base.batch_size), "ood.detector.batch_size", 2),
+        epochs=chk(_int, d.get("epochs", base.epochs), "ood.detector.epochs", 0),
+        lr=chk(_float, d.get("lr", base.lr), "ood.detector.lr", positive=True),
+        weight_decay=chk(_float, d.get("weight_decay", base.weight_decay), "ood.detector.weight_decay", nonneg=True),
+        augment=chk(_bool, d.get("augment", base.augment), "ood.detector.augment"),
+        train_limit=chk(_int, d.get("train_limit", base.train_limit), "ood.detector.train_limit", 1, True),
+        seed=chk(_int, d.get("seed", base.seed), "ood.detector.seed", 0),
+        energy_epochs=chk(_int, e.get("epochs", base.energy_epochs), "ood.energy.epochs", 0),
+        energy_lr=chk(_float, e.get("lr", base.energy_lr), "ood.energy.lr", positive=True),
+        energy_weight=chk(_float, e.get("weight", base.energy_weight), "ood.energy.weight", nonneg=True),
+        m_in=chk(_float, e.get("m_in", base.m_in), "ood.energy.m_in"),
+        m_out=chk(_float, e.get("m_out", base.m_out), "ood.energy.m_out"),
         outlier_sources=tuple(sources),
         outlier_datasets=tuple(tuple(sorted(s.items())) for s in datasets),
         grayscale=str(grayscale).lower() if isinstance(grayscale, bool) else grayscale,
     )
+    split = o.get("split", "test")
+    if split not in ("train", "val", "test"):
+        problems.append(f"ood.split={split!r}: expected one of train, val, test")
+    _raise_all(problems)
     if cfg.epochs + cfg.energy_epochs == 0:
         raise ConfigError("ood.energy.epochs=0: expected an integer >= 1 when ood.detector.epochs=0 "
                           "(with both 0 the detector would be untrained)")
     if not cfg.m_in < cfg.m_out:
         raise ConfigError(f"ood.energy.m_in={cfg.m_in!r}: expected a number below ood.energy.m_out={cfg.m_out!r} "
                           f"(in-distribution energies are pushed low, outliers high)")
-    split = o.get("split", "test")
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"ood.split={split!r}: expected one of train, val, test")
     return cfg
+
+
+def _raise_all(problems: list[str]) -> None:
+    """One ConfigError for all ``problems`` (its ``problems`` attribute lists them, for the study's count)."""
+    if not problems:
+        return
+    err = ConfigError("\n  ".join(problems) if len(problems) == 1 else
+                      f"{len(problems)} configuration problems:\n  " + "\n  ".join(problems))
+    err.problems = list(problems)
+    raise err
 
 
 def sanity_config(ood_cfg: dict | None) -> dict:
