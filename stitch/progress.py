@@ -112,13 +112,15 @@ class RunProgress:
             self._last = now
             self.study.log.info("%s   epoch %d/%d  %s", self.prefix, epoch, epochs, text)
 
-    def done(self, status: str, seconds: float | None = None) -> None:
+    def done(self, status: str, seconds: float | None = None, one_off_s: float = 0.0) -> None:
+        """The run ended; ``one_off_s`` of its time was work no later run repeats (e.g. training the OOD
+        detector of its target layer): left out of the rate the ETA extrapolates."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
         seconds = time.time() - self.start_time if seconds is None else seconds
         self.study.durations.append(seconds)
-        self.study.done_runs.append((self.kind, self.weight, seconds))
+        self.study.done_runs.append((self.kind, self.weight, max(0.0, seconds - one_off_s)))
         st = self.study
         st.log.info("%s %s  %s  %.1fs  elapsed %s  ETA %s", self.prefix, self.label, status, seconds,
                     duration(time.time() - st.start_time), duration(st.eta()))

@@ -323,7 +323,7 @@ def test_the_eta_weighs_the_runs_left_by_their_expected_cost():
     logger.setLevel(logging.INFO)
     p = StudyProgress(4, every_s=0, tty=False, logger=logger, weights=[4.0, 1.0, 1.0, 1.0],
                       kinds=["tlm", "dm", "tlm", "dm"])
-    p.start("a tlm").done("ok", seconds=40.0)
+    p.start("a tlm").done("ok", seconds=160.0, one_off_s=120.0)  # 120 s trained its target's OOD detector
     assert p.eta() == pytest.approx(10.0 * 3)  # 3 units of weight left; no DM run measured yet: the overall rate
     p.start("a dm").done("ok", seconds=2.0)
     assert p.eta() == pytest.approx(10.0 * 1 + 2.0 * 1)

@@ -100,4 +100,5 @@ def ood_scores(net: StitchedNetwork, source: FeatureSource, key2, ood_cfg: dict 
     energies = {"percentiles": list(PERCENTILES), "in": energy_percentiles(r["in"]),
                 "stitched": energy_percentiles(r["stitched"]), "sanity_data": sanity.get("data"),
                 "sanity": sanity.get("energy_out_percentiles"), "detector": meta.get("path")}
-    return {"metrics": out, "energies": energies}
+    trained_s = (meta.get("timings") or {}).get("train_s", 0.0) if meta.get("trained_now") else 0.0
+    return {"metrics": out, "energies": energies, "detector_trained_s": trained_s}

@@ -140,7 +140,7 @@ def _run(study: Study, ctx: PairContext, name: str, progress: StudyProgress, wan
             rec["warnings"] += wb.warnings
         write_json(record_path(s.results_dir, slug), rec)
         mark_run(None)
-        run_progress.done(rec["status"])
+        run_progress.done(rec["status"], one_off_s=rec["timings"].get("one_off_s") or 0.0)
         return rec
     finally:
         claim.release()
@@ -150,7 +150,7 @@ def _fit_and_evaluate(study: Study, ctx: PairContext, name: str, slug: str, run_
     s, m = study.settings, study.settings.method[name]
     net, info = fit(ctx, m, s.seed, study.data.multilabel, on_epoch=_epoch_callback(run_progress, wb),
                     on_step=run_progress.step)
-    out = {}
+    out, one_off_s = {}, 0.0
     if info.get("above_chance"):
         note = (f"TLM did not converge: its last epoch's mean loss {info['final_epoch_loss']:.3f} is above chance "
                 f"level {info['chance_loss']:.3f} (a uniform guess); its relative accuracy measures the training, "
@@ -168,6 +168,7 @@ def _fit_and_evaluate(study: Study, ctx: PairContext, name: str, slug: str, run_
                          cache=study.ood_cache)
         metrics.update(ood["metrics"])
         out["ood_energies"] = ood["energies"]
+        one_off_s = ood.get("detector_trained_s", 0.0)  # the first run into a target trains its detector
         if ood["metrics"]["ood/detector_trusted"] == 0:
             out.setdefault("warnings", []).append(
                 f"the OOD detector of {ctx.M} fails its sanity check ({ood['energies']['sanity_data']} AUROC "
@@ -180,7 +181,7 @@ def _fit_and_evaluate(study: Study, ctx: PairContext, name: str, slug: str, run_
                    {k: v.detach().cpu().clone() for k, v in net.stitch.state_dict().items()})
         out["stitch_file"] = f"stitches/{slug}.pt"
     return {**out, "status": "ok", "metrics": metrics, "fit": info, "history": history,
-            "timings": {"fit_s": info.get("fit_s"), "eval_s": time.time() - t_eval}}
+            "timings": {"fit_s": info.get("fit_s"), "eval_s": time.time() - t_eval, "one_off_s": one_off_s}}
 
 
 # ---------------------------------------------------------------------- W&B runs
