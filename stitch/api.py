@@ -123,6 +123,7 @@ class _Session:
         self.batch_size = batch_size
 
     def pair(self, m1: StitchableNetwork, m2: StitchableNetwork, L: str, M: str) -> PairContext:
+        m1.to(self.device), m2.to(self.device)
         L, M = m1.check_layer(L), m2.check_layer(M)
         source = FeatureSource(m1, m2, L, M, self.data, self.device, "32", self.cache, batch_size=self.batch_size)
         return PairContext(m1, m2, L, M, source, tuple(self.data.input_shape))

@@ -4,9 +4,9 @@ Before a run starts, ``run_study`` claims it with a file next to the records,
 ``<results_dir>/claims/<run>.claim``, created atomically and complete: the claimant's host,
 PID, process start time and start time are written to a temporary file first, which is then
 hard-linked to the claim's name (``link`` fails if the name exists: of two processes exactly
-one creates it). A claim file therefore never exists empty or half-written, and an
-unreadable one (a damaged disk, a file systems without hard links that fell back to
-``O_CREAT | O_EXCL`` and crashed mid-write) holds nothing: it is stale at once. The claim is removed when the run's record is written (ok or
+one creates it). A claim file therefore never exists empty or half-written; an unreadable
+one (left by a crash on a file system without hard links, where claims are written in place
+with ``O_CREAT | O_EXCL``, or damaged) holds nothing once it is a few seconds old. The claim is removed when the run's record is written (ok or
 failed) and on any exception.
 
 Another process that finds the claim skips the run while the claim is *live*:
@@ -25,6 +25,7 @@ that share a host name and a PID namespace look like one host).
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -37,9 +38,12 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 6 * 3600.0
-_WRITING_GRACE_S = 5.0      # only where claims cannot be linked: an unreadable claim younger than this is being written
+_WRITING_GRACE_S = 5.0      # an unreadable claim younger than this may be being written in place (no hard links)
 _TAKEOVER_LOCK_S = 60.0
 _can_link: bool = True       # False once the file system refused a hard link (written in place from then on)
+
+
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
 
 
 def claim_path(results_dir: str | Path, run: str) -> Path:
@@ -116,10 +120,8 @@ def is_stale(holder: Holder | None, timeout_s: float = DEFAULT_TIMEOUT_S, now: f
              path: Path | None = None) -> bool:
     """Whether a claim may be taken over (see the module docstring)."""
     now = time.time() if now is None else now
-    if holder is None:  # unreadable: a linked claim is never incomplete, so it was left torn or damaged
-        if _can_link:
-            return True
-        try:  # written in place (no hard links here): it may be being written right now
+    if holder is None:  # unreadable: left torn or damaged (a linked claim is never incomplete), unless another
+        try:            # process on a file system without hard links is writing it in place right now
             return path is None or now - path.stat().st_mtime > _WRITING_GRACE_S
         except OSError:
             return True
@@ -211,7 +213,7 @@ def _create(path: Path, content: bytes) -> None:
     Written to a temporary file, then hard-linked to ``path``: a full disk or a crash leaves
     no claim (the temporary file is removed), never an empty one that would look held."""
     global _can_link
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".c-{uuid.uuid4().hex[:12]}.tmp")  # short: a long run id stays within NAME_MAX
     if _can_link:
         try:
             with open(tmp, "wb") as f:
@@ -223,8 +225,10 @@ def _create(path: Path, content: bytes) -> None:
                 return
             except FileExistsError:
                 raise
-            except OSError:  # no hard links on this file system (some network and FUSE mounts)
-                _can_link = False
+            except OSError as e:
+                if e.errno not in _NO_LINKS:  # a full disk, an I/O error: the caller's problem, not the mode's
+                    raise
+                _can_link = False  # no hard links on this file system (some network and FUSE mounts)
         finally:
             try:
                 tmp.unlink()

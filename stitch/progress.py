@@ -39,8 +39,8 @@ class StudyProgress:
     def __init__(self, total: int, every_s: float = 30.0, start: float | None = None, tty: bool | None = None,
                  logger: logging.Logger = log, weights: list[float] | None = None, kinds: list[str] | None = None):
         self.total = total
-        if weights is not None and len(weights) != total:
-            raise ValueError(f"{len(weights)} run weights for {total} runs")
+        if weights is not None and len(weights) != total or kinds is not None and len(kinds) != total:
+            raise ValueError(f"{len(weights or [])} run weights and {len(kinds or [])} kinds for {total} runs")
         self.weights = list(weights) if weights is not None else [1.0] * total
         self.kinds = list(kinds) if kinds is not None else [""] * total
         self.done_runs: list[tuple[str, float, float]] = []  # (kind, weight, seconds) of performed runs

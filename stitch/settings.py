@@ -247,7 +247,7 @@ class DataSpec(Section):
     download: bool = setting(BOOL, results=False)
     cache: bool = setting(BOOL, results=False)
     num_workers: int = setting(NONNEG_INT, results=False)
-    layout: str = setting(one_of("auto", "torchvision", "folder", "npz"), results=False)
+    layout: str = setting(one_of("auto", "torchvision", "folder", "npz", "packed"), results=False)
     # batch_size, augment (donor training) and tlm_lr (it reaches TLM runs as tlm.lr) do not change a stitching
     # result; they stay in the identity as earlier versions hashed them, so finished runs keep their ids
     batch_size: int = setting(POS_INT)

@@ -15,7 +15,7 @@ import torch
 
 from stitch import data as data_lib
 from stitch.data.celeba import SHARED_CELEBA, split_ranges
-from stitch.errors import DataNotFoundError
+from stitch.errors import ConfigError, DataNotFoundError
 from stitch.evaluation import average_precision, multilabel_metrics
 
 
@@ -98,7 +98,7 @@ def test_a_missing_or_partial_celeba_says_what_to_put_where(tmp_path):
     (tmp_path / "celeba" / "list_attr_celeba.txt").write_text("0\n")
     with pytest.raises(DataNotFoundError, match=r"incomplete: img_align_celeba, list_eval_partition.txt missing"):
         data_lib.build("celeba", root=str(tmp_path)).setup()
-    with pytest.raises(ValueError, match="data.image_size=8: expected an integer >= 16"):
+    with pytest.raises(ConfigError, match="data.image_size=8: expected an integer >= 16"):
         data_lib.build("celeba", root=str(tmp_path), image_size=8)
 
 

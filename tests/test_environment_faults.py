@@ -283,6 +283,11 @@ def test_leftovers_of_interrupted_saves_are_never_listed_and_are_cleaned(tmp_pat
     assert out.count("synthetic/") == 1 and "tmp-" not in out
     assert main(["verify", "--store", str(tmp_path)]) == 1
     assert f"leftover {left}" in capsys.readouterr().out and left.exists()
+    assert main(["verify", "--store", str(tmp_path), "--fix"]) == 1  # too young: maybe a save in progress
+    assert left.exists()
+    minute_ago = time.time() - 120
+    os.utime(left, (minute_ago, minute_ago))
+    capsys.readouterr()
     assert main(["verify", "--store", str(tmp_path), "--fix"]) == 0
     assert f"removed {left}" in capsys.readouterr().out and not left.exists()
     # the next save removes leftovers old enough not to be another process's save in progress

@@ -525,6 +525,14 @@ def test_the_detector_runs_in_one_layout_whatever_model_2_runs_in():
         out_nchw, out_cl = det(h), det(h.contiguous(memory_format=torch.channels_last))
     assert seen == [True] * (2 * len(convs))
     torch.testing.assert_close(out_cl, out_nchw)
+    ref = copy.deepcopy(det)  # the same detector scoring in plain NCHW: the layout changes no score
+    ref.backbone.to(memory_format=torch.contiguous_format)
+    ref.layout = torch.contiguous_format
+    for conv in ref.backbone.modules():
+        if isinstance(conv, torch.nn.Conv2d):
+            conv._forward_pre_hooks.clear()
+    with torch.no_grad():
+        torch.testing.assert_close(ref(h), out_cl, rtol=1e-4, atol=1e-5)
     det.train()
     with torch.no_grad():
         torch.testing.assert_close(det.eval()(h), out_nchw)  # switching back and forth keeps the weights

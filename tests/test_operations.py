@@ -96,23 +96,24 @@ def test_stale_claims_are_taken_over_live_ones_are_not(tmp_path):
 
 
 def test_an_empty_or_damaged_claim_holds_nothing(tmp_path, monkeypatch):
-    """A 0-byte claim (a write failed mid-claim: disk full) once read as a live holder `?:0`: the study
-    exited 0 and never did the run. Claims are now linked into place complete, so an unreadable one is
-    stale at once; where the file system has no hard links, only while it is older than a few seconds."""
+    """A 0-byte claim (a write failed mid-claim: disk full) once read as a live holder `?:0` for a minute: the
+    study exited 0 and never did the run. Claims are now linked into place complete, so no claim of ours is
+    ever empty; an unreadable one (a process without hard links writing in place, or a crash of one) holds
+    the run for a few seconds at most."""
     path = claims.claim_path(tmp_path, "run-c")
     path.parent.mkdir(parents=True)
     for junk in (b"", b'{"host": "x", "pi'):
         path.write_bytes(junk)
+        assert claims.acquire(path)[0] is None  # may be being written in place right now
+        old = time.time() - 2 * claims._WRITING_GRACE_S
+        os.utime(path, (old, old))
         claim, holder = claims.acquire(path)
         assert claim is not None and holder is None and claims.read_holder(path).pid == os.getpid()
         claim.release()
-    monkeypatch.setattr(claims, "_can_link", False)
-    path.write_bytes(b"")
-    assert claims.acquire(path)[0] is None  # may be being written in place right now
-    old = time.time() - 60
-    os.utime(path, (old, old))
+    assert claims._WRITING_GRACE_S <= 10
+    monkeypatch.setattr(claims, "_can_link", False)  # in-place mode writes a complete claim too
     claim, _ = claims.acquire(path)
-    assert claim is not None
+    assert claim is not None and claims.read_holder(path).pid == os.getpid()
     claim.release()
 
 

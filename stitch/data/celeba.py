@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataNotFoundError
+from ..errors import ConfigError, DataNotFoundError
 from .base import ImageDataModule, set_normalization
 from .download import fetching
 
@@ -69,8 +69,8 @@ def split_ranges(n: int, fractions=PACKED_SPLIT) -> dict[str, range]:
 def read_packed(path: Path, size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{split: (uint8 faces, float 0/1 attributes)} of a packed ``celeba.npz``."""
     try:
-        z = np.load(path)
-        jpeg, offsets, attrs = z["jpeg"], z["offsets"], z["attributes"]
+        with np.load(path) as z:
+            jpeg, offsets, attrs = z["jpeg"], z["offsets"], z["attributes"]
     except (OSError, ValueError, KeyError) as e:
         raise DataNotFoundError(f"{path} is not a packed CelebA file (needs jpeg, offsets and attributes: "
                                 f"{type(e).__name__}: {e}); put shared/data/celeba-10k/celeba.npz there") from None
@@ -113,9 +113,9 @@ class CelebADataModule(ImageDataModule):
                  **kwargs):
         super().__init__(**kwargs)
         if layout not in ("auto", "packed", "torchvision"):
-            raise ValueError(f"data.layout={layout!r}: expected auto, packed or torchvision")
+            raise ConfigError(f"data.layout={layout!r}: expected auto, packed or torchvision for CelebA")
         if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 16:
-            raise ValueError(f"data.image_size={image_size!r}: expected an integer >= 16 (pixels)")
+            raise ConfigError(f"data.image_size={image_size!r}: expected an integer >= 16 (pixels)")
         self.root = Path(os.path.expanduser(str(root)))
         self.download = download
         self.image_size = image_size
@@ -138,6 +138,9 @@ class CelebADataModule(ImageDataModule):
         official = (self._official() / "list_attr_celeba.txt").is_file()
         if packed is not None and self.layout in ("auto", "packed"):
             return "packed"
+        if self.layout == "packed":
+            raise DataNotFoundError(f"data.layout=packed: no celeba.npz under {self.root.resolve()} (nor in its "
+                                    f"celeba-10k/); put the packed file there or use data.layout=auto")
         if official or (self.download and self.layout != "packed"):
             return "torchvision"
         hint = (f"\n  In this workplace 10,000 real faces are at {SHARED_CELEBA}: pass data.root={SHARED_CELEBA} "

@@ -12,6 +12,7 @@ from torch import nn
 
 from .. import models
 from ..data.base import ImageDataModule
+from ..errors import ConfigError, StitchError
 from ..losses import label_loss
 from .energy import energy_loss
 from .networks import ActivationDetector, detector_outputs, layer_activations, prediction_accuracy
@@ -47,6 +48,9 @@ def train_detector(model2: models.StitchableNetwork, layer: str, dm: ImageDataMo
     g = torch.Generator().manual_seed(cfg.seed)
     shape = model2.layer_shapes(dm.input_shape)[layer]
     multilabel = bool(dm.multilabel)
+    if multilabel and cfg.epochs == 0:
+        raise ConfigError("ood.detector.epochs=0: a multi-label detector is trained by its classification epochs "
+                          "only (joint energy needs no energy fine-tuning); expected an integer >= 1")
     det = ActivationDetector(shape, dm.num_classes, cfg, dm.input_shape[1:], multilabel=multilabel).to(device)
     sample = torch.cat([layer_activations(model2, layer, x)
                         for x, _ in dm.batches("train", 256, device=device, limit=1024)])
@@ -113,9 +117,12 @@ def train_detector(model2: models.StitchableNetwork, layer: str, dm: ImageDataMo
     info = {"history": history, "classify_s": t1 - t0, "energy_s": time.time() - t1, "train_s": time.time() - t0,
             "act_shape": list(shape), "multilabel": multilabel,
             "score": "joint energy (Wang et al. 2021)" if multilabel else "free energy (Liu et al. 2020)"}
-    if sampler is None:  # held-out outliers are scored whether or not they were trained against
-        sampler = OutlierSampler(dm, cfg.outlier_sources, [dict(s) for s in cfg.outlier_datasets],
-                                 _grayscale_option(cfg.grayscale))
+    if sampler is None and multilabel:  # held-out outliers scored for the detector's record all the same
+        try:
+            sampler = OutlierSampler(dm, cfg.outlier_sources, [dict(s) for s in cfg.outlier_datasets],
+                                     _grayscale_option(cfg.grayscale))
+        except StitchError as e:
+            log.warning("detector %s: no held-out outliers to score (%s)", layer, e)
     info["eval"] = evaluate_detector(det, model2, layer, dm, device, sampler, seed=cfg.seed + 1)
     return det, info
 

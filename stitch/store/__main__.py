@@ -102,12 +102,15 @@ def _verify(args) -> int:
         except StitchError as e:
             bad += 1
             print(f"FAILED  {key}: {e}")
-    left = remove_leftovers(args.store, 0.0) if args.fix else leftovers(args.store)
+    removed = remove_leftovers(args.store, 60.0) if args.fix else []  # younger ones may be a save in progress
+    for p in removed:
+        print(f"removed {p} (an interrupted save)")
+    left = leftovers(args.store)
     for p in left:
-        print(f"{'removed' if args.fix else 'leftover'} {p} (an interrupted save)")
+        print(f"leftover {p} (an interrupted save{', or one in progress: under a minute old' if args.fix else ''})")
     if left and not args.fix:
         print("run with --fix to delete the leftovers")
-    return 1 if bad or (left and not args.fix) else 0
+    return 1 if bad or left else 0
 
 
 def main(argv: list[str] | None = None) -> int:

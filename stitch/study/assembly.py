@@ -102,9 +102,12 @@ def load_donor(spec: ModelSpec, which: str, data: DataSpec, donor: DonorSettings
                           f"{num_classes}: a stitched network would be scored against the wrong labels")
     trained_on = meta.get("input_shape")
     if input_shape is not None and trained_on and tuple(trained_on) != tuple(input_shape):
+        from ..data import options_of
+
+        fix = (f"set data.image_size={trained_on[-1]} (or keep donors of another input size in another store=)"
+               if "image_size" in options_of(data.name) else "use the data the donor was trained on")
         raise ConfigError(f"donor {key} ({which}) was trained on {data.name} images of shape {tuple(trained_on)}, "
-                          f"but this study's are {tuple(input_shape)}: set data.image_size={trained_on[-1]} (or keep "
-                          f"donors of another input size in another store=)")
+                          f"but this study's are {tuple(input_shape)}: {fix}")
     check_not_at_chance(key, which, meta, donor.allow_chance, store_root)
     normalize = data.normalize
     if bool(meta.get("normalize", True)) != bool(normalize):
