@@ -736,10 +736,13 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
     else:
         rows = [[(pair, m, metrics[0]) for m in methods] for pair in pairs]
     ncols = max(len(r) for r in rows)
-    n_layers = max(agg["layer"].nunique(), agg["target_layer"].nunique())
+    n_src, n_tgt = agg["layer"].nunique(), agg["target_layer"].nunique()
+    n_layers = max(n_src, n_tgt)
     side = min(3.4, max(2.2, 0.3 * n_layers + 0.9))
     annotate = n_layers <= 10
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(ncols * (side + 1.0), len(rows) * (side + 1.0) + 0.7),
+    # a row as tall as its matrices (a 4 x 8 matrix is half as tall as wide), plus titles and tick labels
+    row_h = side * n_src / n_layers + 1.3
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(ncols * (side + 1.3), len(rows) * row_h + 1.0),
                              squeeze=False, layout="constrained")
     untrusted: set[str] = set()
     for r, row in enumerate(rows):
@@ -754,7 +757,7 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
                                  aggfunc="mean", dropna=False).reindex(index=layer_order(gp, "layer"),
                                                                       columns=layer_order(gp, "target_layer"))
             what = "relative accuracy" if kind == "acc" else "OOD AUROC"
-            heatmap(ax, mat, kind, f"{_labels(gm).iloc[0]}: {what}\n{pair}", annotate)
+            heatmap(ax, mat, kind, f"{_labels(gm).iloc[0]}\n{what} · {pair}", annotate)
             if kind == "auroc":
                 untrusted |= _hatch_untrusted(ax, gm, list(mat.columns))
         for c in range(len(row), ncols):
