@@ -38,24 +38,26 @@ def _atomic(path: Path, write) -> None:
 
 
 def check_writable_dir(path: Path | str, key: str) -> None:
-    """Create directory ``path`` if needed and prove it takes a file (written and removed), before any
-    work: a ``results_dir`` that is a file, read-only or not ours is a :class:`ConfigError` naming
-    ``key`` (a full disk is found by the first real write and exits 1, with finished results intact)."""
+    """Prove, before any work, that directory ``path`` can be made and written: it, or the nearest part of it
+    that exists, must be a writable directory (a file is proven by writing one there and removing it; nothing
+    is created). A ``results_dir`` that is a file, lies under a file, or is read-only or not ours is a
+    :class:`ConfigError` naming ``key``; a full disk is found by the first real write (exit 1, finished
+    results intact)."""
     import errno
 
     from .errors import ConfigError
 
     path = Path(path)
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "it is a file" if probe == path else f"{probe} is a file"
+        raise ConfigError(f"{key}={path}: {where}, not a directory; point {key} at a directory")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".write-check.", dir=path)
+        fd, tmp = tempfile.mkstemp(prefix=".write-check.", dir=probe)
         os.close(fd)
         os.unlink(tmp)
-    except FileExistsError:
-        raise ConfigError(f"{key}={path}: it is a file, not a directory; point {key} at a directory") from None
-    except NotADirectoryError:
-        raise ConfigError(f"{key}={path}: a part of this path is a file, not a directory; point {key} at a "
-                          f"directory") from None
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             return  # the disk is full: no config problem; the first record write says so (exit 1)

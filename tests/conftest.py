@@ -33,8 +33,10 @@ TRAINER = {"accelerator": "cpu", "devices": 1, "precision": "32-true", "strategy
 OPTIM = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine"}
 
 # the same overrides for CLI runs on the synthetic set
+# donor.allow_chance: tests that train donors for seconds stitch them whatever their accuracy (the refusal
+# of near-chance donors has its own tests)
 SYNTH_OVERRIDES = ["data=synthetic", "data.train_size=384", "data.test_size=192", "donor.epochs=8",
-                   "donor.trainer.accelerator=cpu"]
+                   "donor.trainer.accelerator=cpu", "donor.allow_chance=true"]
 
 
 @pytest.fixture(scope="session")

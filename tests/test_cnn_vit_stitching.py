@@ -138,7 +138,7 @@ def test_bad_token_count_is_a_clear_error():
 
 
 # -------------------------------------------------------------------- CLI end to end
-TINY = ["data.train_size=64", "data.test_size=32", "donor.epochs=1", "similarity.samples=32", "tlm.epochs=1",
+TINY = ["data.train_size=64", "data.test_size=32", "donor.epochs=1", "donor.allow_chance=true", "similarity.samples=32", "tlm.epochs=1",
         "method=[tlm,dm]"]
 
 

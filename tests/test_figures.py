@@ -251,7 +251,7 @@ SHRINK = {
                 "target_layer=[layer5,layer7]"],
     "p2_fig4": ["layer=[blocks.7,blocks.11]", "target_layer=[blocks.7,blocks.11]", "data.train_subset=32"],
 }
-COMMON = ["donor.epochs=1", "data.train_subset=128", "data.test_subset=64", "tlm.epochs=1",
+COMMON = ["donor.epochs=1", "donor.allow_chance=true", "data.train_subset=128", "data.test_subset=64", "tlm.epochs=1",
           "similarity.indices=[cka]", "similarity.samples=32", "ood.enabled=false"]
 MAX_VALUES = {"tlm.init": 3}  # every initialisation of Fig. 6; 2 values of any other swept key
 

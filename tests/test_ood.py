@@ -211,7 +211,7 @@ def test_outlier_sampler_matches_in_distribution_preprocessing():
 
 # ------------------------------------------------------------------------- config
 @pytest.mark.parametrize("ood, match", [
-    ({"detectr": {}}, "ood.detectr={}: unknown key; ood keys are: detector, enabled"),
+    ({"detectr": {}}, r"ood.detectr={}: unknown key \(did you mean detector\?\); ood keys are: detector, enabled"),
     ({"detector": {"foo": 1}}, "ood.detector.foo=1: unknown key; ood.detector keys are: augment"),
     ({"detector": 5}, "ood.detector=5: expected a mapping"),
     ({"detector": {"epochs": -1}}, "ood.detector.epochs=-1: expected an integer >= 0"),
@@ -236,7 +236,7 @@ def test_outlier_sampler_matches_in_distribution_preprocessing():
     ({"outliers": {"datasets": "svhn"}}, "ood.outliers.datasets='svhn': expected a list"),
     ({"outliers": {"datasets": ["svhn"]}}, r"ood.outliers.datasets\[0\]='svhn': expected a mapping with a name"),
     ({"outliers": {"datasets": [{"name": "nosuch"}]}},
-     r"ood.outliers.datasets\[0\].name='nosuch': expected an in-memory data set, one of cifar10, digits, svhn, "
+     r"ood.outliers.datasets\[0\].name='nosuch': expected an in-memory data set, one of celeba, cifar10, digits, svhn, "
      r"synthetic$"),
     ({"outliers": {"datasets": [{"name": "imagenet"}]}},  # streams from disk: no tensors() to sample from
      r"ood.outliers.datasets\[0\].name='imagenet': expected an in-memory data set.*streams from disk"),
@@ -547,6 +547,7 @@ def test_the_default_ood_path_on_the_digits_end_to_end(tmp_path):
     from .conftest import run_script
 
     r = run_script("stitch.py", "ood.enabled=true", "layer=relu1", "method=tlm", "model2.seed=0", "donor.epochs=2",
+                   "donor.allow_chance=true",
                    "tlm.epochs=1", "ood.detector.epochs=1", "ood.energy.epochs=1", "ood.detector.train_limit=256",
                    "ood.sanity.samples=64", "similarity.indices=[cka]", "similarity.samples=64",
                    f"store={tmp_path}/models", f"results_dir={tmp_path}/res", f"hydra.run.dir={tmp_path}/out")
