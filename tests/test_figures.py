@@ -377,7 +377,8 @@ def test_p1_fig2_draws_accuracy_and_cross_entropy_in_separate_panels_with_honest
     one = c.runs[c.runs["model1.seed"].astype(str) == "0"]
     drawn.clear()
     draw("p1_fig2", FigureContext(one, aggregate(one), c.history, tmp_path, "fig-p1-2", formats=("png",)))
-    assert "one run per point (no bands)" in drawn["fig-p1-2"]._suptitle.get_text()
+    title = drawn["fig-p1-2"]._suptitle.get_text()
+    assert "bands" not in title and "1 run per point" in title
 
 
 def test_p2_fig1_energy_panels_show_every_source_and_the_sanity_set(figure_dirs, tmp_path, monkeypatch):

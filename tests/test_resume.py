@@ -22,7 +22,7 @@ from stitch.results import read_record, record_files
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-TINY = ["data.train_subset=128", "data.test_subset=64", "donor.epochs=1", "tlm.epochs=1",
+TINY = ["data.train_subset=128", "data.test_subset=64", "donor.epochs=1", "donor.allow_chance=true", "tlm.epochs=1",
         "similarity.indices=[cka]", "similarity.samples=32", "print_table=false"]
 
 

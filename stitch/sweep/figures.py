@@ -325,8 +325,8 @@ def p1_fig2(ctx: FigureContext) -> list[Path]:
             for hh, ll in zip(*a.get_legend_handles_labels()):
                 handles.setdefault(ll, hh)
     fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center", ncol=3, frameon=False)
-    spread = "bands: ±1 std over runs" if several else "one run per point (no bands)"
-    suptitle(fig, ctx, f"{cap} ({spread})", same_layer(ctx.ok))
+    # bands only where runs were repeated; the subtitle (describe) says how many runs each point has
+    suptitle(fig, ctx, f"{cap} (bands: ±1 std over runs)" if several else cap, same_layer(ctx.ok))
     if len(panels) > cols:
         log.warning("p1_fig2: %d networks, drawing the first %d", len(panels), cols)
     return save(fig, ctx)
