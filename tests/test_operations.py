@@ -42,6 +42,22 @@ def _write_claim(path: Path, **holder) -> None:
                                 "pid_start": None, **holder}))
 
 
+def _captured(name: str):
+    """A logger at INFO whose messages are collected in the returned list."""
+    import logging
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger(name)
+    logger.addHandler(Keep())
+    logger.setLevel(logging.INFO)
+    return logger, lines
+
+
 def _dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
@@ -285,15 +301,7 @@ def test_progress_eta_and_durations():
     from stitch.progress import StudyProgress, duration
 
     assert (duration(40), duration(725), duration(3723), duration(None)) == ("0:40", "12:05", "1:02:03", "?")
-    lines = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            lines.append(record.getMessage())
-
-    logger = logging.getLogger("test.progress")
-    logger.addHandler(Keep())
-    logger.setLevel(logging.INFO)
+    logger, lines = _captured("test.progress")
     p = StudyProgress(4, every_s=0, start=time.time() - 40, tty=False, logger=logger)
     p.skip("layer=a -> a dm", "skipped (finished)")
     r = p.start("layer=b -> b tlm")
@@ -313,15 +321,7 @@ def test_the_eta_weighs_the_runs_left_by_their_expected_cost():
     from stitch.progress import StudyProgress, run_weight
 
     assert run_weight("tlm", 0, 8, 3) > run_weight("tlm", 7, 8, 3) > run_weight("dm", 0, 8) == 1.0
-    lines = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            lines.append(record.getMessage())
-
-    logger = logging.getLogger("test.progress.eta")
-    logger.addHandler(Keep())
-    logger.setLevel(logging.INFO)
+    logger, lines = _captured("test.progress.eta")
     p = StudyProgress(4, every_s=0, tty=False, logger=logger, weights=[4.0, 1.0, 1.0, 1.0],
                       kinds=["tlm", "dm", "tlm", "dm"])
     p.start("a tlm").done("ok", seconds=160.0, one_off_s=120.0)  # 120 s trained its target's OOD detector
