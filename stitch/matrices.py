@@ -107,29 +107,52 @@ def _value(rec: dict, key: str) -> float | None:
     return float(v)
 
 
+def layer_order(df: pd.DataFrame, column: str = "layer") -> list[str]:
+    """Layers present in ``df[column]`` in the network's forward order.
+
+    Records hold each layer's position in its network (``layer_index``, ``target_layer_index``);
+    records written before they did are put in natural order (``bn2`` before ``bn10``)."""
+    present = list(pd.unique(df[column].dropna())) if column in df else []
+    index = f"{column}_index"
+    if index in df:
+        rank = df.dropna(subset=[index]).groupby(column)[index].first().to_dict()
+        return sorted(present, key=lambda n: (rank.get(n, float("inf")), natural_key(n)))
+    return sorted(present, key=natural_key)
+
+
+def pivot(frame: pd.DataFrame, values: str, *, sources: Sequence[str] | None = None,
+          targets: Sequence[str] | None = None, aggregate: str = "mean") -> pd.DataFrame:
+    """``frame[values]`` as a source x target matrix: rows ``layer`` (model 1), columns ``target_layer``
+    (model 2), both in forward order unless given, NaN where no row has a value. Every matrix (tables,
+    claims, figures) is made here."""
+    srcs = list(sources) if sources is not None else layer_order(frame, "layer")
+    tgts = list(targets) if targets is not None else layer_order(frame, "target_layer")
+    vals = frame.dropna(subset=[values]) if values in frame else frame.iloc[0:0]
+    if not len(vals):
+        mat = pd.DataFrame(index=srcs, columns=tgts, dtype=float)
+    else:
+        mat = vals.pivot_table(index="layer", columns="target_layer", values=values, aggfunc=aggregate)
+        mat = mat.reindex(index=srcs, columns=tgts).astype(float)
+    mat.index.name, mat.columns.name = "source", "target"
+    return mat
+
+
 def metric_matrix(records: Sequence[dict], key: str, *, method: str | None = None,
                   sources: Sequence[str] | None = None, targets: Sequence[str] | None = None,
                   aggregate: str = "mean") -> pd.DataFrame:
-    """One metric as a source x target DataFrame (NaN where no record has it).
+    """One metric as a source x target DataFrame (NaN where no record has it), layers in forward order.
 
     ``key`` is a metrics key (``relative_acc``, ``ood/auroc``, ``sim_raw/cka``...);
     ``method`` restricts to one method name. Several records for a cell (stitching
     seeds) are combined with ``aggregate`` (``mean``, ``median``, ``min``, ``max``,
     ``std``, ``count``).
     """
-    rows = [(r["layer"], r["target_layer"], _value(r, key)) for r in records
-            if method is None or r.get("method") == method]
-    df = pd.DataFrame(rows, columns=["source", "target", "value"]).dropna()
-    srcs = list(sources) if sources is not None else sorted({r["layer"] for r in records}, key=natural_key)
-    tgts = list(targets) if targets is not None else sorted({r["target_layer"] for r in records},
-                                                            key=natural_key)
-    if df.empty:
-        mat = pd.DataFrame(index=srcs, columns=tgts, dtype=float)
-    else:
-        mat = df.pivot_table(index="source", columns="target", values="value", aggfunc=aggregate)
-        mat = mat.reindex(index=srcs, columns=tgts).astype(float)
-    mat.index.name, mat.columns.name = "source", "target"
-    return mat
+    frame = pd.DataFrame([{"layer": r["layer"], "target_layer": r["target_layer"],
+                           "layer_index": r.get("layer_index"), "target_layer_index": r.get("target_layer_index"),
+                           "value": _value(r, key) if method is None or r.get("method") == method else None}
+                          for r in records],
+                         columns=["layer", "target_layer", "layer_index", "target_layer_index", "value"])
+    return pivot(frame, "value", sources=sources, targets=targets, aggregate=aggregate)
 
 
 def similarity_matrices(records: Sequence[dict], metrics: Iterable[str] | None = None, *,

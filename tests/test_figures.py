@@ -17,6 +17,8 @@ from stitch.sweep.collect import aggregate, collect
 from stitch.sweep.figures import FIGURES, FigureContext, draw, fill_sparsity
 from stitch.sweep.report import run_sweep
 
+from .figure_checks import assert_real_figure, kept_figures, panels  # noqa: F401 - kept_figures: a fixture
+
 TINY = [f"layer{i}" for i in range(1, 9)]
 
 
@@ -192,11 +194,13 @@ def test_every_figure_draws_png_and_pdf(name, figure_dirs, tmp_path):
     c = collect([figure_dirs[name]])
     assert FIGURES[name].applies(c.runs), f"{name} does not recognise its own records"
     formats = ("png", "pdf") if name in ("p1_fig2", "p2_fig2") else ("png",)  # PDF export is slow: twice is enough
-    ctx = FigureContext(c.runs, aggregate(c.runs), c.history, tmp_path, FIGURES[name].stem, formats=formats)
+    ctx = FigureContext(c.runs, aggregate(c.runs), c.history, tmp_path, FIGURES[name].stem, formats=formats,
+                        keep={})
     paths = [p for p in draw(name, ctx) if p.suffix != ".csv"]  # paper 2's figures add their claim numbers
     assert {p.suffix for p in paths} == {f".{f}" for f in formats}
-    for p in paths:
-        assert p.stat().st_size > 10_000, p      # a real plot, not an empty canvas
+    assert all(p.is_file() for p in paths)
+    for fig in ctx.keep.values():  # what a reader relies on: data drawn, labelled axes, a title
+        assert_real_figure(fig)
     from matplotlib import image
 
     img = image.imread(paths[0])
@@ -221,11 +225,18 @@ def test_sparsity_filled_from_saved_stitching_layer(figure_dirs):
     assert math.isfinite(v) and 0 <= v < 0.05     # unregularised: hardly any exact zeros
 
 
-def test_missing_data_draws_an_explaining_placeholder(figure_dirs, tmp_path, capsys):
+def test_missing_data_draws_an_explaining_placeholder(figure_dirs, tmp_path, kept_figures):
+    from stitch.sweep.figures import PLACEHOLDER
+
     out = tmp_path / "o"
     assert run_sweep({"inputs": [str(figure_dirs["p1_fig6"])], "figures": ["p1_fig3"], "out": str(out),
                       "formats": ["png"]}) == 0
-    assert (out / "fig-p1-3.png").is_file()
+    assert (out / "fig-p1-3.png").is_file()  # no stale image of an earlier study is left behind
+    fig = kept_figures["fig-p1-3"]
+    assert fig.get_label() == PLACEHOLDER and not panels(fig)  # it draws nothing, and says why:
+    assert "width multiplier" in fig.axes[0].texts[0].get_text()
+    with pytest.raises(AssertionError, match="placeholder"):  # the check every figure test relies on
+        assert_real_figure(fig)
 
 
 # ------------------------------------------------------------------------------------------
@@ -283,7 +294,7 @@ def smoke_store(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("study", SMOKE)
-def test_smoke_experiment_runs_and_draws(study, smoke_store, tmp_path):
+def test_smoke_experiment_runs_and_draws(study, smoke_store, tmp_path, kept_figures):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -319,7 +330,8 @@ def test_smoke_experiment_runs_and_draws(study, smoke_store, tmp_path):
     out = tmp_path / "fig"
     assert run_sweep({"inputs": [str(results)], "figures": [name], "out": str(out), "formats": ["png"],
                       "strict": study != "p2_fig3"}) == 0
-    assert (out / f"{FIGURES[name].stem}.png").stat().st_size > 10_000
+    assert (out / f"{FIGURES[name].stem}.png").is_file()
+    assert_real_figure(kept_figures[FIGURES[name].stem])
 
 
 def test_p2_fig3_smoke_network_is_same_size():
@@ -348,19 +360,13 @@ def test_layer_order_follows_the_recorded_forward_positions():
     assert layer_order(df.drop(columns="layer_index")) == ["bn1", "bn2", "bn10", "conv1", "relu1"]
 
 
-def test_p1_fig2_draws_accuracy_and_cross_entropy_in_separate_panels_with_honest_titles(figure_dirs, tmp_path,
-                                                                                          monkeypatch):
+def test_p1_fig2_draws_accuracy_and_cross_entropy_in_separate_panels_with_honest_titles(figure_dirs, tmp_path):
     """Relative accuracy and cross-entropy no longer share twin axes (one hid the other, the baseline flattened
     both): accuracy above, cross-entropy below on a log scale with the no-transformation baseline, every
     method in both, a legend naming them, and a title that claims bands only where runs were repeated."""
-    from stitch.sweep import figures
-
     drawn = {}
-    real_save = figures.save
-    monkeypatch.setattr(figures, "save", lambda fig, ctx, stem=None: drawn.setdefault(stem or ctx.name, fig) and
-                        real_save(fig, ctx, stem))
     c = collect([figure_dirs["p1_fig2"]])
-    ctx = FigureContext(c.runs, aggregate(c.runs), c.history, tmp_path, "fig-p1-2", formats=("png",))
+    ctx = FigureContext(c.runs, aggregate(c.runs), c.history, tmp_path, "fig-p1-2", formats=("png",), keep=drawn)
     draw("p1_fig2", ctx)
     fig = drawn["fig-p1-2"]
     acc, ce = fig.axes[0], fig.axes[1]
@@ -376,22 +382,17 @@ def test_p1_fig2_draws_accuracy_and_cross_entropy_in_separate_panels_with_honest
     # one run per point: the title says so instead of promising bands
     one = c.runs[c.runs["model1.seed"].astype(str) == "0"]
     drawn.clear()
-    draw("p1_fig2", FigureContext(one, aggregate(one), c.history, tmp_path, "fig-p1-2", formats=("png",)))
+    draw("p1_fig2", FigureContext(one, aggregate(one), c.history, tmp_path, "fig-p1-2", formats=("png",), keep=drawn))
     title = drawn["fig-p1-2"]._suptitle.get_text()
     assert "bands" not in title and "1 run per point" in title
 
 
-def test_p2_fig1_energy_panels_show_every_source_and_the_sanity_set(figure_dirs, tmp_path, monkeypatch):
+def test_p2_fig1_energy_panels_show_every_source_and_the_sanity_set(figure_dirs, tmp_path):
     """Fig. 1(c) is drawn from the records' energy percentiles: real and SVHN above, one curve per source below;
     the AUROC panel hatches the column whose detector failed its sanity check."""
-    from stitch.sweep import figures
-
     drawn = {}
-    real_save = figures.save
-    monkeypatch.setattr(figures, "save", lambda fig, ctx, stem=None: drawn.setdefault(stem or ctx.name, fig) and
-                        real_save(fig, ctx, stem))
     c = collect([figure_dirs["p2_fig1"]])
-    ctx = FigureContext(c.runs, aggregate(c.runs), c.history, tmp_path, "fig-p2-1", formats=("png",))
+    ctx = FigureContext(c.runs, aggregate(c.runs), c.history, tmp_path, "fig-p2-1", formats=("png",), keep=drawn)
     paths = draw("p2_fig1", ctx)
     assert {p.name for p in paths} == {"fig-p2-1.png", "fig-p2-1-energies.png", "fig-p2-1-claims.csv"}
     top, bottom = drawn["fig-p2-1-energies"].axes[:2]
@@ -410,20 +411,41 @@ def test_p2_fig1_energy_panels_show_every_source_and_the_sanity_set(figure_dirs,
     assert len(hatched) == 1  # one AUROC panel, one untrusted target column
 
 
-def test_p2_probing_draws_each_index_s_specificity_and_sensitivity(figure_dirs, tmp_path, monkeypatch):
-    from stitch.sweep import figures
-
+def test_p2_probing_draws_each_index_s_specificity_and_sensitivity(figure_dirs, tmp_path):
     drawn = {}
-    real_save = figures.save
-    monkeypatch.setattr(figures, "save", lambda fig, ctx, stem=None: drawn.setdefault("fig", fig) and
-                        real_save(fig, ctx, stem))
     c = collect([figure_dirs["p2_probing"]])
     draw("p2_probing", FigureContext(c.runs, aggregate(c.runs), c.history, tmp_path, "fig-p2-probing",
-                                     formats=("png",)))
-    (ax,) = drawn["fig"].axes
+                                     formats=("png",), keep=drawn))
+    (ax,) = drawn["fig-p2-probing"].axes
     from matplotlib.container import BarContainer
 
     spec, sens = [c for c in ax.containers if isinstance(c, BarContainer)]
     assert [round(b.get_height(), 3) for b in spec] == [0.6, 0.1, 0.5, 0.4, 0.45]
     assert [round(b.get_height(), 3) for b in sens] == [0.95, 0.2, 0.8, 0.7, 0.9]  # dm, tlm, CKA, PWCCA, OPD
     assert [t.get_text() for t in ax.get_xticklabels()][2:] == ["CKA", "PWCCA", "OPD"]
+
+
+def test_matrix_figure_draws_the_matrices_of_metric_matrix_in_forward_order(tmp_path):
+    """The heatmaps are the pivot every table uses (stitch.matrices.pivot), cell for cell, with layers in the
+    networks' forward order (conv1, bn1, relu1), which natural order would get wrong (bn1 first)."""
+    from stitch.matrices import metric_matrix
+
+    layers = ["conv1", "bn1", "relu1"]
+    records = []
+    for i, L in enumerate(layers):
+        for j, M in enumerate(layers):
+            for method in ("tlm", "dm"):
+                r = rec(f"m-{L}-{M}-{method}", L, method, "paper2", m2=0, target=M,
+                        metrics={"relative_acc": round(0.1 * (3 * i + j) + (0.05 if method == "dm" else 0), 3)})
+                r.update(layer_index=i, target_layer_index=j)
+                records.append(r)
+    c = collect([dump(tmp_path / "recs", records)])
+    ctx = FigureContext(c.runs, aggregate(c.runs), c.history, tmp_path / "out", formats=("png",), keep={})
+    draw("p2_fig2", ctx)
+    fig = ctx.keep["fig-p2-2"]
+    for ax, method in zip([ax for ax in fig.axes if ax.get_images()], ("tlm", "dm")):
+        expected = metric_matrix(records, "relative_acc", method=method)
+        assert list(expected.index) == layers and list(expected.columns) == layers
+        assert [t.get_text() for t in ax.get_yticklabels()] == layers
+        assert [t.get_text() for t in ax.get_xticklabels()] == layers
+        np.testing.assert_allclose(ax.get_images()[0].get_array(), expected.to_numpy())

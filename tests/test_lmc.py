@@ -100,13 +100,27 @@ def test_lmc_table_reads_records_and_labels_them(tmp_path):
 
 # figures drawn in a fresh interpreter: none of the NETWORK modules may be loaded afterwards
 SWEEP_CHECK = """
-import sys
-from stitch.sweep.report import run_sweep
-rc = run_sweep({{"inputs": [{res!r}], "figures": {figures!r}, "out": {out!r}, "formats": ["png"], "strict": True}})
+import json, sys
+from stitch.sweep import report
+from tests.figure_checks import summary
+kept, real_draw = {{}}, report.draw
+def draw(name, ctx):
+    ctx.keep = kept
+    return real_draw(name, ctx)
+report.draw = draw
+rc = report.run_sweep({{"inputs": [{res!r}], "figures": {figures!r}, "out": {out!r}, "formats": ["png"],
+                       "strict": True}})
 net = [m for m in sys.modules if m.startswith({network!r})]
 print("NETWORK MODULES", net)
+print("FIGURES " + json.dumps({{stem: summary(fig) for stem, fig in kept.items()}}))
 sys.exit(rc or (3 if net else 0))
 """
+
+
+def drawn_figures(stdout: str) -> dict:
+    """The summaries (tests/figure_checks.py) of the figures a ``draw_in_subprocess`` call drew, by stem."""
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("FIGURES "))
+    return json.loads(line[len("FIGURES "):])
 
 
 def draw_in_subprocess(res: Path, out: Path, figures: list[str]):
@@ -167,7 +181,12 @@ def test_saved_layer_figures_import_no_network_code(tmp_path):
     out = tmp_path / "fig"
     r = draw_in_subprocess(res, out, ["p1_fig8", "p1_lmc"])
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert (out / "fig-p1-8.png").stat().st_size > 10_000 and (out / "fig-p1-lmc.png").is_file()
+    drawn = drawn_figures(r.stdout)
+    assert not drawn["fig-p1-8"]["placeholder"] and not drawn["fig-p1-lmc"]["placeholder"]
+    sparsity = [p for p in drawn["fig-p1-8"]["panels"] if p["ylabel"] == "relative accuracy"]
+    assert sparsity and sparsity[0]["lines"] >= 1 and sparsity[0]["collections"] >= 1  # means and runs
+    (lmc,) = [p for p in drawn["fig-p1-lmc"]["panels"] if p["lines"]]
+    assert lmc["title"].startswith("layer4") and "methods" in lmc["title"]
 
 
 # ------------------------------------------------------------------------------ the step's plan
@@ -336,4 +355,7 @@ def test_lmc_step_writes_records_that_the_figure_draws(tmp_path, donor_store, ca
     out = tmp_path / "fig"
     r = draw_in_subprocess(res, out, ["p1_lmc"])
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert (out / "fig-p1-lmc.png").stat().st_size > 10_000
+    drawn = drawn_figures(r.stdout)["fig-p1-lmc"]
+    curves = [p for p in drawn["panels"] if p["lines"]]
+    assert not drawn["placeholder"] and curves, drawn
+    assert all(p["xlabel"].startswith("λ") for p in curves)

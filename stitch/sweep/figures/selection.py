@@ -1,0 +1,159 @@
+"""Which records a figure draws, and the data it reads beside them (saved stitching layers, energy
+percentiles, probing records): pandas in, pandas out, nothing drawn."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ...matrices import layer_order  # noqa: F401 - the figures order layers as the matrices do
+from ...fileio import read_json
+from ...results import load_stitch, read_record
+from ...sorting import natural_key
+from ..labels import method_label
+from ..lmc import lmc_dirs
+
+log = logging.getLogger("stitch.sweep.figures")
+
+
+AUROC = "ood/auroc"
+
+
+def col(df: pd.DataFrame, name: str, default=None) -> pd.Series:
+    return df[name] if name in df else pd.Series(default, index=df.index, dtype=object)
+
+
+def method_labels(df: pd.DataFrame) -> pd.Series:
+    """Per-row method label from ``method`` and the recipe name (``variant``)."""
+    v = col(df, "variant")
+    return pd.Series([method_label(m, r) for m, r in zip(df["method"], v)], index=df.index, dtype=object)
+
+
+def method_rank(m) -> tuple:
+    return (0 if str(m).startswith("tlm") else 1, str(m))
+
+
+def order_methods(methods) -> list[str]:
+    """TLM before DM, then by name: the papers' order, and stable colours between figures."""
+    return sorted(set(methods), key=method_rank)
+
+
+def sorted_values(s: pd.Series) -> list[str]:
+    return [str(v) for v in sorted(pd.unique(s.dropna()), key=natural_key)]
+
+
+def add_curves(df: pd.DataFrame, exclude: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A ``curve`` label per row: the method and recipe, plus the config values that differ between
+    rows of the same method (e.g. 'TLM (epochs=5)' next to 'TLM (epochs=30)'), so different
+    configurations are never averaged into one curve. ``exclude``: the figure's own axes."""
+    df = df.copy()
+    df["curve"] = method_labels(df)
+    cfg_cols = [c for c in df.columns if c.startswith(("method_config.", "config.")) and c not in exclude]
+    for _, g in df.groupby("curve"):
+        varying = [c for c in cfg_cols if g[c].astype(str).nunique() > 1]
+        if varying:
+            for i in g.index:
+                extra = ", ".join(f"{c.split('.')[-1]}={df.at[i, c]}" for c in varying)
+                df.at[i, "curve"] = f"{df.at[i, 'curve']} ({extra})"
+    return df
+
+
+def same_layer(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["layer"] == df["target_layer"]] if len(df) else df
+
+
+def has_same_layer(runs):
+    ok = runs[runs["status"] == "ok"]
+    return bool(len(same_layer(ok)))
+
+
+def history_runs(history: pd.DataFrame, ok: pd.DataFrame, pred) -> pd.DataFrame:
+    """The tracked TLM steps of the finished runs ``pred`` selects, with each run's layer and method."""
+    if not len(history):
+        return pd.DataFrame()
+    runs = ok[pred(ok)] if len(ok) else ok
+    return history[history["run"].isin(set(runs["run"]))].merge(
+        runs[["run", "layer", "target_layer", "model1.tag", "method", "seed"]
+             + [c for c in ("method_config.cka_penalty", "method_config.init") if c in runs]], on="run")
+
+
+def tracked(r: pd.DataFrame) -> bool:
+    return "n_history" in r and bool((r.loc[r["status"] == "ok", "n_history"] > 0).any())
+
+
+def is_low_rank(df: pd.DataFrame) -> pd.Series:
+    return ((col(df, "kind") == "tlm") & col(df, "method_config.rank").notna()) | \
+        ((col(df, "kind") == "dm") & (col(df, "method_config.solver") == "rank"))
+
+
+def is_sparse(df: pd.DataFrame) -> pd.Series:
+    """L1 TLM (l1 = 0 is its unregularised baseline) and lasso DM runs, low-rank/penalised ones excluded."""
+    return (((col(df, "kind") == "tlm") & col(df, "method_config.l1").notna()
+             & col(df, "method_config.rank").isna() & (col(df, "method_config.cka_penalty").fillna(0) == 0))
+            | ((col(df, "kind") == "dm") & (col(df, "method_config.solver") == "lasso")))
+
+
+def saved_matrix(path):
+    """The C_in x C_out matrix W of a run's saved stitching layer (full or low rank); None without one."""
+    if not isinstance(path, str) or not Path(path).is_file():
+        return None
+    return load_stitch(path)[0]
+
+
+def fill_sparsity(df: pd.DataFrame) -> pd.DataFrame:
+    """``fit.sparsity`` is recorded for L1/lasso fits only; fill it from the saved stitching layer
+    (|w| below the run's zero threshold, 1e-4 by default) for the unregularised baselines."""
+    df = df.copy()
+    if "fit.sparsity" not in df:
+        df["fit.sparsity"] = np.nan
+    missing = df["fit.sparsity"].isna() & col(df, "stitch_path").notna()
+    for i in df.index[missing]:
+        W = saved_matrix(df.at[i, "stitch_path"])
+        if W is not None:
+            thr = df.at[i, "method_config.zero_threshold"] if "method_config.zero_threshold" in df else None
+            thr = 1e-4 if thr is None or pd.isna(thr) else float(thr)
+            df.at[i, "fit.sparsity"] = float((W.abs() < thr).float().mean())
+    return df
+
+
+def is_regularised(df: pd.DataFrame) -> pd.Series:
+    return ((col(df, "kind") == "tlm") & (col(df, "method_config.l1").fillna(0) > 0)) | \
+        ((col(df, "kind") == "dm") & (col(df, "method_config.solver") == "lasso"))
+
+
+def is_matrix(r: pd.DataFrame) -> bool:
+    ok = r[r["status"] == "ok"]
+    return bool(len(ok)) and bool((ok["layer"] != ok["target_layer"]).any())
+
+
+def read_records(paths) -> list[dict]:
+    """The records at ``paths`` (a figure reads what the table does not hold); unreadable ones are skipped."""
+    out = []
+    for p in paths:
+        try:
+            out.append(read_record(p))
+        except (OSError, ValueError) as e:
+            log.warning("skipping unreadable record %s: %s", p, e)
+    return out
+
+
+def read_energies(paths) -> list[dict]:
+    """The detector-energy percentiles (``ood_energies``) of the records at ``paths``."""
+    return [r["ood_energies"] for r in read_records(paths) if r.get("ood_energies")]
+
+
+def probing_records(runs: pd.DataFrame) -> list[dict]:
+    out = []
+    for d in lmc_dirs(runs):  # the results directories the records came from
+        for f in sorted(Path(d).glob("probing/*.json")):
+            try:
+                out.append(read_json(f))
+            except (OSError, ValueError) as e:
+                log.warning("skipping unreadable probing record %s: %s", f, e)
+    return out
+
+
+def has_probing(runs: pd.DataFrame) -> bool:
+    return bool(probing_records(runs))
