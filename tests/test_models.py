@@ -20,6 +20,15 @@ CASES = [
 ]
 
 
+def test_every_registered_family_is_split_tested():
+    """The split test below (and its traced twin for torchvision/timm, tests/test_external_models.py) covers
+    every family in the registry: registering a new one without a case fails here."""
+    from .test_external_models import CASES as EXTERNAL
+
+    covered = {c[0] for c in CASES} | {c[0] for c in EXTERNAL}
+    assert set(models.list_models()) <= covered, sorted(set(models.list_models()) - covered)
+
+
 @pytest.mark.parametrize("name,options,size", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def test_split_is_exact_at_every_layer(name, options, size):
     torch.manual_seed(0)

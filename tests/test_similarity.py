@@ -162,6 +162,14 @@ def test_values_within_declared_range(name):
             assert isinstance(v, float)
             assert math.isfinite(v)
             assert lo <= v <= hi, (name, v)
+    # within the range, the value carries information: every related pair is rated more similar than every
+    # independent one (a constant, or an index with its direction declared the wrong way, fails here)
+    related = [idx(X, Y) for X, Y in cases[:3]]
+    independent = [idx(X, Y) for X, Y in cases[3:6]]
+    if idx.higher_is_more_similar:
+        assert min(related) > max(independent), (name, related, independent)
+    else:
+        assert max(related) < min(independent), (name, related, independent)
 
 
 @pytest.mark.parametrize("name", NAMES)
