@@ -13,6 +13,7 @@ from . import checkpointing, models, store
 from .loggers import lightning_logger
 from .evaluation import model_accuracy, multilabel_metrics
 from .hardware import hardware_name
+from .settings import TrainSettings
 from .training import DonorModule, as_lightning
 
 log = logging.getLogger(__name__)
@@ -51,25 +52,26 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
-def train_donor(data_cfg: dict, model_cfg: dict, optim_cfg: dict, trainer_cfg: dict, epochs: int, seed: int,
-                store_root: str, logger_cfg: dict | None = None, force: bool = False) -> dict:
+def train_donor(t: TrainSettings) -> dict:
     """Train one donor (or find it in the store) and return its metadata."""
-    key = store.donor_key(data_cfg, model_cfg, seed)
-    if store.exists(key, store_root) and not force:
+    key = store.DonorKey.of(t.model, t.data.name, seed=t.seed)
+    store_root, epochs, seed = t.store, t.epochs, t.seed
+    if store.exists(key, store_root) and not t.force:
         meta = store.load_meta(key, store_root)
         log.info("donor %s already in the store (test acc %.4f); skipping (force=true retrains)", key,
                  meta["metrics"]["test_acc"])
         return meta
     _quiet_lightning()
     pl.seed_everything(seed, workers=True)
-    dm = data_lib.from_config(data_cfg, seed=seed)
-    dm.setup()
-    net = models.build(key.model, num_classes=dm.num_classes, in_channels=dm.input_shape[0],
+    datamodule = data_lib.from_config(t.data.as_dict(), seed=seed)  # unset keys: the data set's own defaults
+    datamodule.setup()
+    net = models.build(key.model, num_classes=datamodule.num_classes, in_channels=datamodule.input_shape[0],
                        **dict(key.options))
-    module = DonorModule(net, dm, optim_cfg, epochs)
-    config = {"data": dict(data_cfg), "model": dict(model_cfg), "optim": dict(optim_cfg), "epochs": epochs,
-              "seed": seed, "trainer": dict(trainer_cfg)}
-    trainer_kwargs = {k: v for k, v in dict(trainer_cfg).items()}
+    module = DonorModule(net, datamodule, t.optim, epochs)
+    # what the donor's meta records (and a resumed training must match): as the config set it, as before
+    config = {"data": t.data.as_dict(), "model": {k: v for k, v in t.model.as_dict().items() if k != "seed"},
+              "optim": t.optim.as_dict(), "epochs": epochs, "seed": seed, "trainer": t.trainer_args}
+    trainer_kwargs = t.trainer_args
     if trainer_kwargs.get("sync_batchnorm") and (trainer_kwargs.get("accelerator") == "cpu"
                                                  or not torch.cuda.is_available()):
         log.info("sync_batchnorm needs GPUs: off for this CPU run (gloo)")
@@ -85,29 +87,29 @@ def train_donor(data_cfg: dict, model_cfg: dict, optim_cfg: dict, trainer_cfg: d
     callbacks: list = [checkpointing.LastCheckpoint(ckpt_dir)]
     if not trainer_kwargs["enable_progress_bar"]:  # output goes to a file: a line per epoch instead of the bar
         callbacks.append(EpochLines(str(key), epochs))
-    trainer = pl.Trainer(max_epochs=epochs, logger=lightning_logger(logger_cfg, name=str(key).replace("/", "_"),
+    trainer = pl.Trainer(max_epochs=epochs, logger=lightning_logger(t.logger.resolved(), name=str(key).replace("/", "_"),
                                                                    config=config),
                          enable_checkpointing=True, callbacks=callbacks,
                          enable_model_summary=False, **trainer_kwargs)
     start = time.time()
-    trainer.fit(module, datamodule=as_lightning(dm), ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=as_lightning(datamodule), ckpt_path=ckpt_path)
     seconds = time.time() - start
     meta: dict = {}
     if trainer.is_global_zero:
         device = next(net.parameters()).device
-        metrics = {"test_acc": model_accuracy(net, dm, "test", device), "val_acc": model_accuracy(net, dm, "val", device),
+        metrics = {"test_acc": model_accuracy(net, datamodule, "test", device), "val_acc": model_accuracy(net, datamodule, "val", device),
                    "train_seconds": seconds, "epochs": epochs, "epochs_done": int(trainer.current_epoch)}
-        if dm.multilabel:  # per-attribute accuracy means little without what always predicting the majority gets
-            ml = multilabel_metrics(net, dm, "test", device)
+        if datamodule.multilabel:  # per-attribute accuracy means little without what always predicting the majority gets
+            ml = multilabel_metrics(net, datamodule, "test", device)
             metrics.update(test_majority_acc=ml["majority_acc"], test_mean_ap=ml["mean_ap"],
                            test_per_attribute_acc=ml["per_attribute_acc"],
                            test_per_attribute_majority_acc=ml["per_attribute_majority_acc"])
-        meta = {"num_classes": dm.num_classes, "in_channels": dm.input_shape[0], "input_shape": list(dm.input_shape),
-                "multilabel": dm.multilabel, "normalize": dm.normalize, "metrics": metrics, "config": config,
+        meta = {"num_classes": datamodule.num_classes, "in_channels": datamodule.input_shape[0], "input_shape": list(datamodule.input_shape),
+                "multilabel": datamodule.multilabel, "normalize": datamodule.normalize, "metrics": metrics, "config": config,
                 "hardware": hardware_name(device)}
         if ckpt_path:
             meta["resumed_from_epoch"] = epochs_done  # epochs done before the interruption
-        floor = store.sanity_floor(dm.num_classes, dm.multilabel, metrics.get("test_majority_acc"))
+        floor = store.sanity_floor(datamodule.num_classes, datamodule.multilabel, metrics.get("test_majority_acc"))
         meta["near_chance"] = metrics["test_acc"] < floor
         path = store.save(key, net, meta, store_root)
         checkpointing.remove(ckpt_dir)
@@ -117,7 +119,7 @@ def train_donor(data_cfg: dict, model_cfg: dict, optim_cfg: dict, trainer_cfg: d
             log.warning("DONOR NEAR CHANCE: %s reached test accuracy %.4f, below %.4f (1.5x chance, or the majority "
                         "baseline of a multi-label task; %d outputs) after %d epochs. Stitching studies refuse it (donor.allow_chance=true overrides); "
                         "train it longer: %s epochs=<more> force=true", key, metrics["test_acc"], floor,
-                        dm.num_classes, epochs, key.train_command(store_root))
+                        datamodule.num_classes, epochs, key.train_command(store_root))
     if trainer.world_size > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return meta

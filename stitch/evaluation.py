@@ -23,6 +23,7 @@ from . import similarity
 from .activations import pool_activations, to_rows
 from .features import FeatureSource, autocast
 from .losses import soft_cross_entropy
+from .matching.direct import relative_squared_error
 from .stitching import StitchedNetwork
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def average_precision(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
-def multilabel_metrics(model: torch.nn.Module, dm, split: str = "test", device: str | torch.device = "cpu",
+def multilabel_metrics(model: torch.nn.Module, datamodule, split: str = "test", device: str | torch.device = "cpu",
                        batch_size: int = 512) -> dict:
     """A multi-label network measured against what predicting the majority gets:
 
@@ -61,12 +62,12 @@ def multilabel_metrics(model: torch.nn.Module, dm, split: str = "test", device: 
     ``positive_rate`` and ``per_attribute_acc`` / ``per_attribute_majority_acc`` (lists of K)."""
     model.eval()
     logits, ys = [], []
-    for x, y in dm.batches(split, batch_size, device=device):
+    for x, y in datamodule.batches(split, batch_size, device=device):
         logits.append(model(x).float().cpu())
         ys.append(y.float().cpu())
     z, y = torch.cat(logits), torch.cat(ys)
     per_attr = ((z > 0).float() == y).double().mean(0)
-    majority = (dm.tensors("train")[1].float().mean(0) > 0.5).float()
+    majority = (datamodule.tensors("train")[1].float().mean(0) > 0.5).float()
     per_major = (majority[None, :] == y).double().mean(0)
     ap = average_precision(z, y)
     return {"acc": float(per_attr.mean()), "majority_acc": float(per_major.mean()),
@@ -76,13 +77,13 @@ def multilabel_metrics(model: torch.nn.Module, dm, split: str = "test", device: 
 
 
 @torch.no_grad()
-def model_accuracy(model: torch.nn.Module, dm, split: str = "test", device: str | torch.device = "cpu",
+def model_accuracy(model: torch.nn.Module, datamodule, split: str = "test", device: str | torch.device = "cpu",
                    batch_size: int = 512) -> float:
     """Exact accuracy of a network over a split (top-1, or mean per-attribute accuracy for multi-label sets)."""
     model.eval()
     total, n = torch.zeros((), dtype=torch.float64), 0
-    for x, y in dm.batches(split, batch_size, device=device):
-        total += _correct(model(x).float(), y, dm.multilabel).sum().double().cpu()
+    for x, y in datamodule.batches(split, batch_size, device=device):
+        total += _correct(model(x).float(), y, datamodule.multilabel).sum().double().cpu()
         n += len(y)
     return float(total / max(n, 1))
 
@@ -151,8 +152,7 @@ def evaluate(net: StitchedNetwork, source: FeatureSource, multilabel: bool, spli
         sums["ce"] += soft_cross_entropy(logits, z2, multilabel=multilabel, reduction="none").sum()
         pred_s, pred_2 = _predictions(logits, multilabel), _predictions(z2, multilabel)
         sums["agree"] += ((pred_s == pred_2).float().mean(1) if multilabel else (pred_s == pred_2).float()).sum()
-        diff = (s.float() - b.float()).pow(2).sum()
-        sums["structural"] += diff / b.float().pow(2).sum().clamp_min(1e-30)
+        sums["structural"] += relative_squared_error(s, b)  # paper 2: its mean over the test batches
         batches += 1
         n += len(y)
         if kept < similarity_samples:

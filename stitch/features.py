@@ -105,11 +105,11 @@ class FeatureSource:
     """Batches of (A, B, y, z2) for one (model1, L, model2, M) pair."""
 
     def __init__(self, model1: StitchableNetwork, model2: StitchableNetwork, layer: str, target_layer: str,
-                 dm: ImageDataModule, device: torch.device, precision: str = "32", cache: ActivationCache | None = None,
+                 datamodule: ImageDataModule, device: torch.device, precision: str = "32", cache: ActivationCache | None = None,
                  cache_dtype: torch.dtype = torch.float32, batch_size: int = 256, limits: dict | None = None):
         self.m1, self.m2 = model1, model2
         self.layer, self.target_layer = layer, target_layer
-        self.dm = dm
+        self.datamodule = datamodule
         self.device = device
         self.precision = precision
         self.cache = cache
@@ -138,12 +138,12 @@ class FeatureSource:
     @functools.cached_property
     def _shapes(self) -> tuple[tuple, tuple]:
         # computed once: batches() asks for the cache size every epoch, and this costs two forward passes
-        shape = self.dm.input_shape
+        shape = self.datamodule.input_shape
         return self.m1.layer_shapes(shape)[self.layer], self.m2.layer_shapes(shape)[self.target_layer]
 
     def _n(self, split: str) -> int:
         lim = self.limits.get(split)
-        return self.dm.size(split) if lim is None else min(lim, self.dm.size(split))
+        return self.datamodule.size(split) if lim is None else min(lim, self.datamodule.size(split))
 
     def cache_bytes(self, split: str) -> int:
         sa, sb = self._shapes
@@ -167,7 +167,7 @@ class FeatureSource:
             n = self._n(split)
             sa, sb = self._shapes
             want = [(ka, sa, self.cache_dtype, a is None), (kb, sb, self.cache_dtype, b is None and kb != ka),
-                    (kz, (self.dm.num_classes,), torch.float32, z2 is None), (ky, (), None, y is None)]
+                    (kz, (self.datamodule.num_classes,), torch.float32, z2 is None), (ky, (), None, y is None)]
             # room first, then fill preallocated tensors in place: the peak is the budget, not the
             # budget plus the new tensors plus their batches before a concatenation
             new_bytes = sum(n * _numel(shape) * torch.finfo(dt).bits // 8 for _, shape, dt, need in want
@@ -175,7 +175,8 @@ class FeatureSource:
             self.cache.reserve(new_bytes, keep={k for k, _, _, need in want if not need})
             out: dict = {}
             start = 0
-            for x, yy in self.dm.batches(split, self.batch_size, device=self.device, limit=lim):
+            for x, yy in self.datamodule.batches(split, self.batch_size, device=self.device, limit=lim):
+                x = as_input_for(self.m1, x)  # once for both networks
                 parts = {}
                 if a is None:
                     parts[ka] = self.front(x)
@@ -213,8 +214,9 @@ class FeatureSource:
                 idx = order[start:start + bs] if shuffle else slice(start, start + bs)
                 yield Batch(a[idx], b[idx] if need_target else None, y[idx], z2[idx])
             return
-        for x, y in self.dm.batches(split, bs, shuffle=shuffle, augment=augment, device=self.device, seed=seed,
-                                    limit=self.limits.get(split)):
+        for x, y in self.datamodule.batches(split, bs, shuffle=shuffle, augment=augment, device=self.device, seed=seed,
+                                            limit=self.limits.get(split)):
+            x = as_input_for(self.m1, x)  # once for both networks (a no-op for the second when they agree)
             a = self.front(x)
             b, z2 = self.target(x) if need_target else (None, None)
             yield Batch(a, b, y, z2, x)

@@ -42,7 +42,7 @@ SimilarityFn = Callable[[torch.Tensor, torch.Tensor], float]
 
 # -------------------------------------------------------------------- activations
 @torch.no_grad()
-def collect_activations(model, dm, layers: Sequence[str], split: str = "train", limit: int | None = None,
+def collect_activations(model, datamodule, layers: Sequence[str], split: str = "train", limit: int | None = None,
                         device: torch.device | str = "cpu", batch_size: int = 256, pooled: bool = True,
                         tokens: str = "cls") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Activations of ``model`` at each of ``layers`` on a split (CPU tensors) and the labels.
@@ -54,7 +54,7 @@ def collect_activations(model, dm, layers: Sequence[str], split: str = "train", 
     order = [L for L in model.layers if L in asked]
     acts: dict[str, list[torch.Tensor]] = {L: [] for L in order}
     ys = []
-    for x, y in dm.batches(split, batch_size, device=device, limit=limit):
+    for x, y in datamodule.batches(split, batch_size, device=device, limit=limit):
         h, prev = x, None
         for L in order:  # continue from the previous cut: forward_from-style chaining on the stages
             h = model.forward_between(h, prev, L)
@@ -96,13 +96,13 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, *, C: float = 1.0, m
     return float((clf.predict(Xte) == yte).mean())
 
 
-def probe_layers(model, dm, layers: Sequence[str] | None = None, *, train_limit: int | None = None,
+def probe_layers(model, datamodule, layers: Sequence[str] | None = None, *, train_limit: int | None = None,
                  test_limit: int | None = None, device: torch.device | str = "cpu", tokens: str = "cls",
                  C: float = 1.0, max_iter: int = 500) -> dict[str, float]:
     """Linear-probe test accuracy of every layer of ``model`` (pooled activations)."""
     layers = list(layers) if layers else model.select_layers("all")
-    tr, ytr = collect_activations(model, dm, layers, "train", train_limit, device, tokens=tokens)
-    te, yte = collect_activations(model, dm, layers, "test", test_limit, device, tokens=tokens)
+    tr, ytr = collect_activations(model, datamodule, layers, "train", train_limit, device, tokens=tokens)
+    te, yte = collect_activations(model, datamodule, layers, "test", test_limit, device, tokens=tokens)
     return {L: linear_probe_accuracy(tr[L], ytr, te[L], yte, C=C, max_iter=max_iter) for L in layers}
 
 

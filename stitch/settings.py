@@ -6,8 +6,8 @@
 :class:`DonorSettings`), or raises one ``ConfigError`` that lists every problem, one line
 each: the key, the value given and what is allowed, e.g. ``tlm.loss='sofft': expected one of
 hard, soft``. Every section is closed: an unknown key (``+tlm.epoch=5``) is reported with the
-section's keys. ``check_layers`` cross-checks layer names (and ranks) against untrained
-networks, so a typo fails before any donor is trained. ``check_train`` checks
+section's keys. Layer names need built networks and are checked by the study
+(``stitch/study/layer_checks.py``) before any donor is trained. ``train_settings`` checks
 ``conf/train.yaml``.
 
 Each field declares whether it changes a run's result (``results=False``: where things are,
@@ -113,9 +113,13 @@ class _Absent:
 ABSENT: Any = _Absent()
 
 
-def setting(rule: Rule, default: Any = ABSENT, *, results: bool = True, identity_default: Any = ABSENT):
-    """A field of a settings section: its rule, its default, and whether it changes results."""
-    return field(default=default, metadata={"rule": rule, "results": results, "identity_default": identity_default})
+def setting(rule: Rule, default: Any = ABSENT, *, results: bool = True, identity_default: Any = ABSENT,
+            id_only: bool = False):
+    """A field of a settings section: its rule, its default, and whether it changes results. ``id_only``: it
+    changes no result but stays in run ids, as earlier versions hashed it (finished runs keep their ids); what
+    identifies the content (``Section.content_identity``: a detector's data) leaves it out."""
+    return field(default=default, metadata={"rule": rule, "results": results or id_only,
+                                            "identity_default": identity_default, "id_only": id_only})
 
 
 def shown(value: Any) -> str:
@@ -140,6 +144,13 @@ class Section:
 
     given: frozenset = field(default=frozenset(), repr=False, compare=False, metadata={"internal": True})
     title: ClassVar[str] = "settings"
+
+    def __post_init__(self) -> None:
+        # a nested section the config does not set holds its defaults (and stays out of ``given``)
+        for f in fields(self):
+            sub = f.metadata.get("section")
+            if sub is not None and getattr(self, f.name) is None:
+                object.__setattr__(self, f.name, sub())
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -190,6 +201,25 @@ class Section:
             if f.metadata.get("identity_default", ABSENT) is not ABSENT and v == f.metadata["identity_default"]:
                 continue
             out[f.name] = v.identity() if isinstance(v, Section) else v
+        return out
+
+    def content_identity(self) -> dict:
+        """The set settings that change what is computed, without those kept in run ids only (``id_only``)."""
+        drop = {f.name for f in fields(self) if f.metadata.get("id_only")}
+        return {k: v for k, v in self.identity().items() if k not in drop}
+
+    def resolved(self) -> dict:
+        """Every setting with its value or this section's default (the one place defaults live), as a plain
+        dict for code that takes keyword options; keys whose default belongs to the consumer (``ABSENT``, e.g.
+        a data set's own batch size) are left out unless set."""
+        out = {}
+        for f in fields(self):
+            if f.metadata.get("internal"):
+                continue
+            v = getattr(self, f.name)
+            if v is ABSENT:
+                continue
+            out[f.name] = v.resolved() if isinstance(v, Section) else v
         return out
 
     def as_dict(self) -> dict:
@@ -249,13 +279,14 @@ class DataSpec(Section):
     num_workers: int = setting(NONNEG_INT, results=False)
     layout: str = setting(one_of("auto", "torchvision", "folder", "npz", "packed"), results=False)
     # batch_size, augment (donor training) and tlm_lr (it reaches TLM runs as tlm.lr) do not change a stitching
-    # result; they stay in the identity as earlier versions hashed them, so finished runs keep their ids
-    batch_size: int = setting(POS_INT)
+    # result; they stay in the identity as earlier versions hashed them, so finished runs keep their ids. A
+    # detector's identity (content_identity) has always held augment, never batch_size or tlm_lr.
+    batch_size: int = setting(POS_INT, id_only=True)
     normalize: bool = setting(BOOL, True)
     augment: bool = setting(BOOL)
     train_subset: int | None = setting(_SUBSET)
     test_subset: int | None = setting(_SUBSET)
-    tlm_lr: float = setting(POSITIVE)
+    tlm_lr: float = setting(POSITIVE, id_only=True)
     image_size: int = setting(POS_INT)
     num_classes: int = setting(POS_INT)
     train_size: int = setting(POS_INT)
@@ -337,28 +368,151 @@ class SimilaritySettings(Section):
     raw: bool = setting(BOOL, True)
 
 
+# ------------------------------------------------------------ paper 2's OOD detector (stitch/ood)
+# Liu et al. 2020's energy fine-tuning: loss weight and the margins of the in-distribution / outlier energies
+ENERGY_WEIGHT, ENERGY_M_IN, ENERGY_M_OUT = 0.1, -25.0, -7.0
+OUTLIER_SOURCES = ("photos", "noise", "shuffle", "corrupt")  # generated offline (stitch/ood/outliers.py)
+_FINITE = Rule(_number, "a finite number")
+
+
+@dataclass(frozen=True)
+class ConvDetectorSettings(Section):
+    """The detector of conv layers: a zoo CNN fed the activation resized to ``input_size``."""
+    title: ClassVar[str] = "conv detector settings"
+    arch: str = setting(NAME, "resnet20")  # paper 2: resnet18
+    # null: the architecture's preset (stitch/ood/settings.py: resnet20 at width 0.5), else its own options
+    options: dict | None = setting(MAPPING, None)
+    input_size: int | None = setting(or_null(Rule(lambda v: _int(v) and v >= 4, "an integer >= 4")), None)
+
+
+@dataclass(frozen=True)
+class TokenDetectorSettings(Section):
+    """The detector of token layers: timm ViT blocks classifying from the CLS token."""
+    title: ClassVar[str] = "token detector settings"
+    depth: int = setting(POS_INT, 2)
+    heads: int | str = setting(Rule(lambda v: v in (None, "auto") or (_int(v) and v >= 1),
+                                    "auto or an integer >= 1"), "auto")  # auto: D // 64 (ViT-Ti: 3)
+    mlp_ratio: float = setting(POSITIVE, 4.0)
+
+
+@dataclass(frozen=True)
+class DetectorSettings(Section):
+    """How a detector is trained (classification pre-training, Adam, cosine)."""
+    title: ClassVar[str] = "detector settings"
+    conv: ConvDetectorSettings = section(ConvDetectorSettings)
+    tokens: TokenDetectorSettings = section(TokenDetectorSettings)
+    batch_size: int = setting(Rule(lambda v: _int(v) and v >= 2, "an integer >= 2"), 128)
+    epochs: int = setting(NONNEG_INT, 10)
+    lr: float = setting(POSITIVE, 2e-3)
+    weight_decay: float = setting(NONNEG, 5e-4)
+    augment: bool = setting(BOOL, True)
+    train_limit: int | None = setting(or_null(POS_INT), None)  # training images (null: the whole split)
+    seed: int = setting(NONNEG_INT, 0)
+
+
+@dataclass(frozen=True)
+class EnergySettings(Section):
+    """Liu et al. 2020's energy fine-tuning, batches half in-distribution, half outliers."""
+    title: ClassVar[str] = "energy settings"
+    epochs: int = setting(NONNEG_INT, 6)
+    lr: float = setting(POSITIVE, 2e-3)
+    weight: float = setting(NONNEG, ENERGY_WEIGHT)
+    m_in: float = setting(_FINITE, ENERGY_M_IN)
+    m_out: float = setting(_FINITE, ENERGY_M_OUT)
+
+    def cross_check(self, prefix: str, problems: Problems) -> None:
+        if not self.m_in < self.m_out:
+            problems.add(f"{prefix}m_in", float(self.m_in), f"a number below {prefix}m_out={float(self.m_out)!r} "
+                                                             f"(in-distribution energies are pushed low, outliers high)")
+
+
+def _sources(v: Any) -> bool:
+    return v is None or v in OUTLIER_SOURCES or (isinstance(v, list) and all(s in OUTLIER_SOURCES for s in v))
+
+
+@dataclass(frozen=True)
+class OutlierSettings(Section):
+    """The auxiliary outliers of the energy fine-tuning."""
+    title: ClassVar[str] = "outlier settings"
+    sources: list = setting(Rule(_sources, f"a list of {', '.join(OUTLIER_SOURCES)} (data sets such as svhn go "
+                                           f"in ood.outliers.datasets)"), ("photos", "noise", "shuffle"))
+    datasets: list | None = setting(Rule(lambda v: v is None or isinstance(v, list),
+                                         "a list of data-set mappings, e.g. [{name: svhn, root: data/svhn}]"), None)
+    grayscale: str | bool = setting(Rule(lambda v: v in ("auto", True, False), "auto, true or false"), "auto")
+
+    @property
+    def source_list(self) -> list[str]:
+        v = self.sources
+        return [] if v is None else [v] if isinstance(v, str) else list(v)
+
+    def cross_check(self, prefix: str, problems: Problems) -> None:
+        from .ood.settings import outlier_dataset_problems  # reads the data registry
+
+        for i, spec in enumerate(self.datasets or []):
+            problems += outlier_dataset_problems(spec, f"{prefix}datasets[{i}]")
+        if not self.source_list and not self.datasets:
+            problems.add(f"{prefix}sources", self.source_list, "at least one source (or a data set in "
+                                                               f"{prefix}datasets) for energy fine-tuning")
+
+
+@dataclass(frozen=True)
+class SanitySettings(Section):
+    """The detector's sanity check: its AUROC for a genuinely different data set, stored with the detector.
+    ``min_auroc``: below it the detector cannot tell that set from the real one, so its AUROC of a stitch is
+    no evidence that the stitch is in-distribution (records flag it: ``ood/detector_trusted`` 0)."""
+    title: ClassVar[str] = "sanity-check settings"
+    # auto: SVHN vs CIFAR-10 when present, else a fitting offline set | a data set's name | null (none)
+    data: str | None = setting(Rule(lambda v: v is None or isinstance(v, str), "a data-set name, auto or null"),
+                               "auto")
+    options: dict | None = setting(MAPPING, None)
+    samples: int = setting(Rule(lambda v: _int(v) and v >= 2, "an integer >= 2"), 1000)
+    min_auroc: float = setting(Rule(lambda v: _number(v) and 0 <= v <= 1, "an AUROC between 0 and 1"), 0.9)
+
+    def cross_check(self, prefix: str, problems: Problems) -> None:
+        from . import data as data_lib  # the registry (cheap: nothing is read)
+
+        names = data_lib.list_datasets()
+        if self.data not in (None, "auto", "none", "null") and self.data not in names:
+            problems.add(f"{prefix}data", self.data, f"a data-set name ({', '.join(names)}), auto or null")
+        elif self.data in names and self.options:
+            from .ood.settings import data_option_problems
+
+            problems += data_option_problems(self.data, dict(self.options), f"{prefix}options")
+
+    def spec(self) -> dict:
+        """``{"data", "options", "samples", "min_auroc"}`` with defaults (``stitch.ood.sanity`` reads it)."""
+        return {"data": self.data, "options": dict(self.options or {}), "samples": self.samples,
+                "min_auroc": float(self.min_auroc)}
+
+
 @dataclass(frozen=True)
 class OODSettings(Section):
-    """Paper 2's OOD score (``stitch/ood``). Its detector settings are checked by ``stitch.ood``'s own
-    parser when ``enabled``; they are part of a run's identity only then."""
+    """Paper 2's OOD score (``stitch/ood``); part of a run's identity only when ``enabled``. Checks that build
+    things (the detector's architecture, outlier data sets) run only when it is."""
     title: ClassVar[str] = "OOD settings (switch them on with ood.enabled=true)"
     enabled: bool = setting(BOOL, False)
-    split: str = setting(one_of("train", "val", "test"), "test")
-    detector: dict = setting(MAPPING, None)
-    energy: dict = setting(MAPPING, None)
-    outliers: dict = setting(MAPPING, None)
-    sanity: dict = setting(MAPPING, None)
+    split: str = setting(one_of("train", "val", "test"), "test")  # images the stitch is scored on
+    detector: DetectorSettings = section(DetectorSettings)
+    energy: EnergySettings = section(EnergySettings)
+    outliers: OutlierSettings = section(OutlierSettings)
+    sanity: SanitySettings = section(SanitySettings)
 
     def cross_check(self, prefix: str, problems: Problems) -> None:
         if self.enabled:
-            from .ood import detector_config, sanity_config  # the detector's own typed settings
+            problems += self.detector_problems(prefix)
 
-            for parse in (detector_config, sanity_config):
-                try:
-                    parse(self.as_dict())
-                except ConfigError as e:  # each of the block's problems, counted with the others
-                    problems.extend(getattr(e, "problems", None) or str(e).split("\n  "))
+    def detector_problems(self, prefix: str = "ood.") -> list[str]:
+        """What would fail only once the detector is trained: its architecture's options (built once,
+        untrained) and a detector with no training at all."""
+        from .ood.settings import conv_option_problems
 
+        problems = Problems()
+        conv = self.detector.conv
+        problems += conv_option_problems(conv.arch, conv.options, f"{prefix}detector.conv.")
+        if self.detector.epochs + self.energy.epochs == 0:
+            problems.add(f"{prefix}energy.epochs", 0, f"an integer >= 1 when {prefix}detector.epochs=0 (with both 0 "
+                                                      f"the detector would be untrained)")
+        return problems
 
 
 @dataclass(frozen=True)
@@ -555,87 +709,54 @@ def check_stitch(cfg: dict) -> None:
     study_settings(cfg)
 
 
-TRAIN_TOP = {"seed": INT, "epochs": POS_INT, "optim.lr": POSITIVE, "force": BOOL}
-_MISSING = object()
+@dataclass(frozen=True)
+class TrainSettings(Section):
+    """One donor training (``conf/train.yaml``; ``stitch/donors.py``). A study that trains a missing donor
+    builds the same object (``for_donor``), so both paths train with one set of defaults."""
+    title: ClassVar[str] = "training settings"
+    data: DataSpec = section(DataSpec)
+    model: ModelSpec = section(ModelSpec)  # its name and options; the donor's seed is ``seed``
+    optim: OptimSettings = section(OptimSettings)
+    trainer: dict = setting(MAPPING, None)  # Lightning Trainer arguments (conf/trainer/*.yaml), passed through
+    logger: LoggerSettings = section(LoggerSettings)
+    seed: int | str = setting(Rule(lambda v: _int(v) and v >= 0, "an integer seed >= 0"), 0)
+    epochs: int = setting(POS_INT, 30)
+    store: str = setting(PATH, "models")
+    force: bool = setting(BOOL, False)
+
+    @classmethod
+    def parse(cls, raw: Any, prefix: str, problems: Problems):
+        obj = super().parse(raw, prefix, problems)
+        if obj is not None:
+            if obj.data.name is ABSENT:
+                problems.add("data.name", None, "a data set name (data=<name>)")
+        return obj
+
+    @classmethod
+    def for_donor(cls, model: ModelSpec, data: DataSpec, donor: DonorSettings, store: str) -> "TrainSettings":
+        """A study's missing donor ``model`` (its seed included), trained as ``donor`` says, no logger."""
+        return cls(data=data, model=model, optim=donor.optim or OptimSettings(), trainer=donor.trainer,
+                   logger=LoggerSettings(), seed=model.seed, epochs=donor.epochs, store=store,
+                   given=frozenset({"data", "model", "optim", "trainer", "seed", "epochs", "store"}))
+
+    @property
+    def trainer_args(self) -> dict:
+        return dict(self.trainer or {})
 
 
-def _get(cfg: dict, key: str) -> Any:
-    for part in key.split("."):
-        if not isinstance(cfg, dict) or part not in cfg:
-            return _MISSING
-        cfg = cfg[part]
-    return cfg
+def train_settings(cfg: dict) -> TrainSettings:
+    """The typed settings of a resolved ``conf/train.yaml`` config; ``ConfigError`` lists every problem."""
+    if isinstance(cfg, TrainSettings):
+        return cfg
+    problems = Problems()
+    if not isinstance(cfg, dict):
+        problems.add("config", cfg, "a mapping")
+        _raise(problems)
+    t = TrainSettings.parse({k: v for k, v in cfg.items() if k != "hydra"}, "", problems)
+    _raise(problems)
+    return t
 
 
 def check_train(cfg: dict) -> None:
     """Raise ``ConfigError`` listing every problem of a resolved ``conf/train.yaml`` config."""
-    problems = Problems()
-    for key, rule in TRAIN_TOP.items():
-        value = _get(cfg, key)
-        if value is not _MISSING and not _ok(rule, value):
-            problems.add(key, value, rule.allowed)
-    if isinstance(cfg, dict) and "optim" in cfg:
-        OptimSettings.parse(cfg["optim"], "optim.", problems)
-    _raise(problems)
-
-
-def check_layers(s: StudySettings, num_classes: int, input_shape: tuple[int, ...] | None = None) -> None:
-    """Reject layer names the two models do not have, and ranks above the channels of a layer pair,
-    using untrained networks (no donor needed).
-
-    Names are resolved as the study does (aliases, groups, ``all``: ``StitchableNetwork.select_layers``).
-    """
-    from . import models  # builds networks: imported only when layers are checked
-
-    def build(m: ModelSpec, which: str):
-        try:
-            return models.build(m.name, num_classes, **dict(m.options or {}))
-        except (TypeError, ValueError, KeyError) as e:  # an option value the family cannot take
-            raise ConfigError(f"{which}.options={shown(m.options)}: {m.name} cannot be built with them ({e})") from None
-
-    m1 = build(s.model1, "model1")
-    nets = {"model1": m1, "model2": m1 if s.self_stitch_possible else build(s.model2, "model2")}
-    problems: list[str] = []
-    if input_shape is not None:  # e.g. a 224-px ViT on 32-px images: say so before any donor is trained
-        for which, net in nets.items():
-            spec: ModelSpec = getattr(s, which)
-            try:
-                net.layer_shapes(tuple(input_shape))
-            except Exception as e:  # noqa: BLE001 - any failure here means the input does not fit
-                first = str(e).splitlines()[0] if str(e) else type(e).__name__
-                problems.append(f"{which}={spec.name} {spec.options or {}} cannot take "
-                                f"{s.data.name} images of shape {tuple(input_shape)} ({first}); pick a "
-                                f"matching input size (e.g. model@{which}=vit_tiny_32 or {which}.options.img_size=...)")
-        _raise(problems)
-    selected = {}
-    for key, which in (("layer", "model1"), ("target_layer", "model2")):
-        if getattr(s, key) is not None:
-            try:
-                selected[key] = nets[which].select_layers(getattr(s, key))
-            except models.UnknownLayerError as e:
-                problems.append(f"{key}={shown(getattr(s, key))} ({which}): {e}")
-    if s.target_layer is None and "layer" in selected:  # the target is the source layer
-        missing = [n for n in selected["layer"] if n not in nets["model2"].layers]
-        if missing:
-            problems.append(f"target_layer=None: the target is then the source layer, and model2 "
-                            f"({s.model2.name}) has no layer {missing[0]!r}; pass target_layer=<name> "
-                            f"or all (model2 layers: {', '.join(nets['model2'].layers)})")
-    if not problems and input_shape is not None:
-        problems += _rank_problems(s, nets, tuple(input_shape))
-    _raise(problems)
-
-
-def _rank_problems(s: StudySettings, nets: dict, input_shape: tuple[int, ...]) -> list[str]:
-    """A low-rank layer (TLM ``rank``, DM ``solver=rank``) of rank above min(C_in, C_out) is not low rank."""
-    from .study.assembly import layer_pairs  # the study's own expansion of layer/target_layer
-
-    ranked = {name: m.rank for name, m in s.method.items()
-              if m.rank is not None and (m.kind == "tlm" or m.solver == "rank")}
-    if not ranked:
-        return []
-    pairs = layer_pairs(s.layer, s.target_layer, nets["model1"], nets["model2"])
-    shapes1, shapes2 = nets["model1"].layer_shapes(input_shape), nets["model2"].layer_shapes(input_shape)
-    channels = lambda shape: shape[0] if len(shape) == 3 else shape[-1]  # noqa: E731 - conv C x H x W, tokens T x D
-    most = min(min(channels(shapes1[L]), channels(shapes2[M])) for L, M in pairs)
-    return [f"{name}.rank={shown(r)}: expected a positive integer <= {most} (the fewest channels of the "
-            f"layer pairs)" for name, r in ranked.items() if r > most]
+    train_settings(cfg)

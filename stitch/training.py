@@ -65,12 +65,12 @@ def build_optimizer(params, cfg: dict[str, Any] | OptimSettings, steps_per_epoch
 
 
 class DonorModule(pl.LightningModule):
-    def __init__(self, model: nn.Module, datamodule: ImageDataModule, optim: dict[str, Any], epochs: int,
+    def __init__(self, model: nn.Module, datamodule: ImageDataModule, optim: OptimSettings | dict[str, Any], epochs: int,
                  label_smoothing: float = 0.0):
         super().__init__()
         self.model = model
-        self.dm = datamodule
-        self.optim_cfg = dict(optim)
+        self.datamodule = datamodule
+        self.optim = optim_settings(optim)
         self.epochs = epochs
         self.multilabel = datamodule.multilabel
         self.train_acc = accuracy_metric(datamodule.num_classes, self.multilabel)
@@ -82,7 +82,7 @@ class DonorModule(pl.LightningModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch
-        return self.dm.preprocess(x, augment=self.training), y
+        return self.datamodule.preprocess(x, augment=self.training), y
 
     def _step(self, batch, metric: torchmetrics.Metric, stage: str):
         x, y = batch
@@ -104,24 +104,24 @@ class DonorModule(pl.LightningModule):
 
     def configure_optimizers(self):
         steps = self.trainer.estimated_stepping_batches // max(1, self.epochs)
-        opt, sched = build_optimizer(self.model.parameters(), self.optim_cfg, steps, self.epochs)
+        opt, sched = build_optimizer(self.model.parameters(), self.optim, steps, self.epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def as_lightning(dm: ImageDataModule) -> pl.LightningDataModule:
+def as_lightning(datamodule: ImageDataModule) -> pl.LightningDataModule:
     """A LightningDataModule serving ``dm``'s dataloaders (the data modules themselves stay Lightning-free)."""
 
     class _Adapter(pl.LightningDataModule):
         def setup(self, stage: str | None = None) -> None:
-            dm.setup(stage)
+            datamodule.setup(stage)
 
         def train_dataloader(self):
-            return dm.train_dataloader()
+            return datamodule.train_dataloader()
 
         def val_dataloader(self):
-            return dm.val_dataloader()
+            return datamodule.val_dataloader()
 
         def test_dataloader(self):
-            return dm.test_dataloader()
+            return datamodule.test_dataloader()
 
     return _Adapter()

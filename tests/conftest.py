@@ -46,9 +46,18 @@ def donor_store(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("store")
     for seed in (0, 1):
-        train_donor(SYNTH, {"name": "tiny10", "options": {"padding": "kornblith"}}, OPTIM, TRAINER, epochs=8,
-                    seed=seed, store_root=str(root), logger_cfg=None)
+        train_donor(donor_training(seed, root))
     return root
+
+
+def donor_training(seed: int, store_root, epochs: int = 8):
+    """The typed settings (``TrainSettings``) of a Tiny-10 donor on the synthetic set, as train_models.py builds
+    them from its config."""
+    from stitch.settings import train_settings
+
+    return train_settings({"data": SYNTH, "model": {"name": "tiny10", "options": {"padding": "kornblith"}},
+                           "optim": OPTIM, "trainer": TRAINER, "logger": {"name": "none"}, "epochs": epochs,
+                           "seed": seed, "store": str(store_root)})
 
 
 def run_script(*args: str, cwd: Path = ROOT, timeout: int = 600, env: dict | None = None):

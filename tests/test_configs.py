@@ -123,3 +123,21 @@ def test_train_config_composes_and_passes_the_check(tmp_path):
     assert c["logger"]["save_dir"] == str(tmp_path)  # the csv logger writes to the job's output directory
     with pytest.raises(ConfigError, match="epochs=0"):
         check_train(_resolved("train", ["epochs=0"], tmp_path))
+
+
+def test_train_config_checks_every_section_and_lists_all_problems(tmp_path):
+    """train_models.py's data, model, optimiser and logger are typed sections like a study's: every problem is
+    reported at once, with the keys a section takes."""
+    from stitch.settings import TrainSettings, train_settings
+
+    bad = _resolved("train", ["+data.batch_sise=3", "model.name=tiny11", "optim.lr=-1", "+logger.mode=onlin",
+                              "seed=-2"], tmp_path)
+    with pytest.raises(ConfigError) as e:
+        check_train(bad)
+    text = str(e.value)
+    assert text.startswith("5 configuration problems")
+    for part in ("data.batch_sise=3: unknown key (did you mean batch_size?)", "model.name='tiny11': expected one of",
+                 "optim.lr=-1: expected a finite number > 0", "logger.mode='onlin'", "seed=-2"):
+        assert part in text, (part, text)
+    t = train_settings(_resolved("train", ["optim=adam"], tmp_path))
+    assert isinstance(t, TrainSettings) and t.optim.name == "adam" and t.data.name == "digits"

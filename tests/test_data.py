@@ -331,3 +331,40 @@ def test_the_real_svhn_test_digits():
     # SVHN's channel means are close to its published normalisation statistics
     mean = images.float().mean((0, 2, 3)) / 255
     assert torch.allclose(mean, torch.tensor(SVHN_MEAN), atol=0.03)
+
+
+def _previous_augmented_batch(x, g, mean, std, p=4):
+    """The batch transform as it was before the uint8 path (the reference): float gather, flip by select,
+    then (x / 255 - mean) / std."""
+    x = x.float().div_(255.0)
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (p, p, p, p))
+    di = torch.randint(0, 2 * p + 1, (n,), generator=g)
+    dj = torch.randint(0, 2 * p + 1, (n,), generator=g)
+    rows, cols = di[:, None] + torch.arange(h)[None, :], dj[:, None] + torch.arange(w)[None, :]
+    x = padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],
+               rows[:, None, :, None], cols[:, None, None, :]]
+    flip = torch.rand(n, generator=g) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+
+
+def test_fast_augmentation_equals_the_previous_path_within_float32_rounding():
+    """Crop and flip on the uint8 images, one copy per image, and the normalisation as one multiply-add: the
+    same images as before (same random draws, same pixels), values within float32 rounding; the GPU's
+    one-gather variant gives the identical crops."""
+    from stitch.data.base import CIFAR_MEAN, CIFAR_STD, BatchTransform, crop_flip_gather, crop_flip_per_image
+
+    x = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8)
+    t = BatchTransform(CIFAR_MEAN, CIFAR_STD)
+    new = t(x, augment=True, generator=torch.Generator().manual_seed(5))
+    old = _previous_augmented_batch(x, torch.Generator().manual_seed(5), CIFAR_MEAN, CIFAR_STD)
+    torch.testing.assert_close(new, old, rtol=0, atol=2e-6)
+    assert not torch.equal(new, t(x))  # it did augment
+    torch.testing.assert_close(t(x), ((x.float() / 255 - torch.tensor(CIFAR_MEAN).view(1, -1, 1, 1))
+                                      / torch.tensor(CIFAR_STD).view(1, -1, 1, 1)), rtol=0, atol=2e-6)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    g = torch.Generator().manual_seed(2)
+    di, dj = torch.randint(0, 9, (48,), generator=g), torch.randint(0, 9, (48,), generator=g)
+    flip = torch.rand(48, generator=g) < 0.5
+    assert torch.equal(crop_flip_per_image(padded, di, dj, flip, 32, 32), crop_flip_gather(padded, di, dj, flip, 32, 32))

@@ -374,3 +374,22 @@ def test_errors():
         direct(np.ones(5), np.ones(5))
     with pytest.raises(ValueError, match="W must have shape"):
         residual(s, np.zeros((7, 12)))
+
+
+def test_r2_and_the_structural_score_share_one_formula():
+    """Paper 1's R² (from the statistics, over every row) is 1 - relative_squared_error of the fitted S(A) and B,
+    and relative_squared_error is ||S - B||² / ||B||² by hand."""
+    import torch
+
+    from stitch.matching import MatchingStatistics, r2, relative_squared_error, solve
+
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(200, 6, generator=g, dtype=torch.float64)
+    B = A @ torch.randn(6, 4, generator=g, dtype=torch.float64) + 0.3 * torch.randn(200, 4, generator=g,
+                                                                                     dtype=torch.float64) + 1.0
+    stats = MatchingStatistics(6, 4).update(A, B)
+    W, b = solve(stats, "ls")
+    S = A @ W + b
+    by_hand = float(((S - B) ** 2).sum() / (B ** 2).sum())
+    assert float(relative_squared_error(S, B)) == pytest.approx(by_hand, rel=1e-5)
+    assert float(r2(stats, W, b)) == pytest.approx(1 - by_hand, rel=1e-6)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from stitch.errors import ConfigError
-from stitch.settings import (ABSENT, DMSettings, Section, StudySettings, TLMSettings, check_layers,
-                             study_settings)
+from stitch.settings import ABSENT, DMSettings, Section, StudySettings, TLMSettings, study_settings
+from stitch.study.layer_checks import check_layers
 from stitch.study.records import run_identity
 
 from .test_configs import _resolved
@@ -193,13 +193,13 @@ def test_settings_are_typed_and_frozen(tmp_path):
 
 def test_cut_point_options_of_external_models_change_neither_the_donor_nor_the_run(tmp_path):
     """``model.options.layers`` of torchvision/timm models only chooses where the network may be cut."""
-    from stitch.study.assembly import donor_key
+    from stitch.store import DonorKey
 
     base = ["model@model1=torchvision", "model@model2=torchvision", "layer=layer2.0"]
     a = _settings(tmp_path, *base)
     b = _settings(tmp_path, *base, "model1.options.layers=[layer2.0,layer3.0]")
-    assert donor_key(a.model1, a.data) == donor_key(b.model1, b.data)
-    assert hash(donor_key(b.model1, b.data))  # a list-valued option no longer makes the key unhashable
+    assert DonorKey.of(a.model1, a.data.name) == DonorKey.of(b.model1, b.data.name)
+    assert hash(DonorKey.of(b.model1, b.data.name))  # a list-valued option no longer makes the key unhashable
     assert _ids(a, "layer2.0") == _ids(b, "layer2.0")
     assert _ids(a, "layer2.0") != _ids(_settings(tmp_path, *base, "model1.options.arch=resnet34"), "layer2.0")
 
@@ -223,3 +223,26 @@ def test_the_ood_block_reports_all_its_problems_with_the_others(tmp_path):
     msg = str(e.value)
     assert msg.startswith("4 configuration problems:")
     assert all(k in msg for k in ("ood.detector.epochs=-1", "ood.energy.lr=-3", "tlm.lr=-1", "tlm.loss='sofft'"))
+
+
+def test_settings_is_a_leaf_of_the_study():
+    """The settings layer imports nothing of the study, the networks or the data (no import circle: the study
+    imports the settings); layer names are checked by the study (stitch/study/layer_checks.py)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, stitch.settings; print(sorted(m for m in sys.modules if m.startswith(('stitch.study', "
+            "'stitch.models', 'stitch.data', 'stitch.ood'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
+def test_a_missing_target_layer_is_reported_once_with_model_2_s_layers(tmp_path):
+    """target_layer unset means "the same layer in model 2": a source model 2 lacks is one problem, naming
+    model 2's layers (the check and the study share layer_pairs, so they cannot disagree)."""
+    s = _settings(tmp_path, "model@model2=resnet20", "layer=relu3")
+    with pytest.raises(ConfigError) as e:
+        check_layers(s, 10, (3, 32, 32))
+    text = str(e.value)
+    assert "target is the source layer 'relu3', which model 2 (resnet20) does not have" in text
+    assert "layer1.0" in text and text.count("does not have") == 1

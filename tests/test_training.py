@@ -6,7 +6,7 @@ import pytest
 from stitch import store
 from stitch.donors import train_donor
 
-from .conftest import OPTIM, SYNTH, TRAINER, run_script
+from .conftest import donor_training, run_script
 
 
 def test_donors_train_and_are_stored(donor_store):
@@ -21,8 +21,7 @@ def test_donors_train_and_are_stored(donor_store):
 
 def test_existing_donor_is_not_retrained(donor_store, caplog):
     caplog.set_level("INFO")
-    meta = train_donor(SYNTH, {"name": "tiny10", "options": {"padding": "kornblith"}}, OPTIM, TRAINER, epochs=8,
-                       seed=0, store_root=str(donor_store))
+    meta = train_donor(donor_training(0, donor_store))
     assert "already in the store" in caplog.text
     assert meta["metrics"]["test_acc"] > 0.6
 

@@ -8,22 +8,20 @@ import hydra
 from omegaconf import DictConfig
 
 from stitch import cli
-from stitch.settings import check_train
+from stitch.settings import train_settings
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 @cli.job
 def train(cfg: DictConfig) -> int:
-    c = cli.to_dict(cfg)
-    check_train(c)
-    _check_accelerator(c["trainer"])
+    t = train_settings(cli.to_dict(cfg))
+    _check_accelerator(t.trainer_args)
     from stitch.loggers import check_wandb_installed
 
-    check_wandb_installed(c.get("logger"))
+    check_wandb_installed(t.logger.resolved())
     from stitch.donors import train_donor  # after the check: a typo fails before Lightning loads (seconds)
 
-    train_donor(c["data"], c["model"], c["optim"], c["trainer"], c["epochs"], c["seed"], c["store"], c["logger"],
-                force=c["force"])
+    train_donor(t)
     return 0  # failed runs: a failed training raises
 
 

@@ -36,32 +36,58 @@ class BatchTransform:
 
     def __call__(self, x: torch.Tensor, augment: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         if x.dtype == torch.uint8:
-            x = x.float().div_(255.0)
-            if augment:
+            if augment:  # on the uint8 images: a quarter of the bytes to move, and the same pixels
                 x = self.augment(x, generator)
-            if self.mean is not None:
-                mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-                std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-                x = (x - mean) / std
+            x = x.float()
+            if self.mean is None:
+                return x.div_(255.0)
+            # (x / 255 - mean) / std as one multiply-add per pixel (equal within float32 rounding)
+            scale, shift = self._affine(x.device)
+            return x.mul_(scale).add_(shift)
         return x
 
+    def _affine(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (str(device), tuple(self.mean), tuple(self.std))
+        cached = getattr(self, "_affine_cache", None)
+        if cached is None or cached[0] != key:
+            scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=device).view(1, -1, 1, 1)
+            shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std)], device=device).view(1, -1, 1, 1)
+            cached = self._affine_cache = (key, scale, shift)
+        return cached[1], cached[2]
+
     def augment(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        n, _, h, w = x.shape
+        """Random crop of the zero-padded image and random horizontal flip, per image (paper 1's recipe).
+
+        Offsets and flips are drawn on the CPU (results do not depend on the device), in one fixed order: row
+        offsets, column offsets, flips. On a CPU each image is one strided copy (no index tensors, no batch-wide
+        gather or select: 1.5x faster than the gather); on a GPU one gather kernel does the batch."""
+        n, c, h, w = x.shape
         p = self.crop_padding
-        # random offsets drawn on the CPU so results do not depend on the device
-        if p > 0:
-            padded = torch.nn.functional.pad(x, (p, p, p, p))
-            di = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
-            dj = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
-            rows = (di[:, None] + torch.arange(h, device=x.device)[None, :])  # n x h
-            cols = (dj[:, None] + torch.arange(w, device=x.device)[None, :])  # n x w
-            idx_n = torch.arange(n, device=x.device)[:, None, None, None]
-            idx_c = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-            x = padded[idx_n, idx_c, rows[:, None, :, None], cols[:, None, None, :]]
-        if self.flip:
-            flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        return x
+        di = torch.randint(0, 2 * p + 1, (n,), generator=generator) if p > 0 else torch.zeros(n, dtype=torch.long)
+        dj = torch.randint(0, 2 * p + 1, (n,), generator=generator) if p > 0 else torch.zeros(n, dtype=torch.long)
+        flip = (torch.rand(n, generator=generator) < 0.5) if self.flip else torch.zeros(n, dtype=torch.bool)
+        padded = torch.nn.functional.pad(x, (p, p, p, p)) if p > 0 else x
+        crop = crop_flip_per_image if x.device.type == "cpu" else crop_flip_gather  # GPU: one kernel, not n copies
+        return crop(padded, di, dj, flip, h, w)
+
+
+def crop_flip_per_image(padded: torch.Tensor, di, dj, flip, h: int, w: int) -> torch.Tensor:
+    """Image i is ``padded[i, :, di:di+h, dj:dj+w]``, mirrored where ``flip[i]``: one strided copy per image."""
+    out = torch.empty((padded.shape[0], padded.shape[1], h, w), dtype=padded.dtype, device=padded.device)
+    for i, (a, b, f) in enumerate(zip(di.tolist(), dj.tolist(), flip.tolist())):
+        view = padded[i, :, a:a + h, b:b + w]
+        out[i] = view.flip(-1) if f else view
+    return out
+
+
+def crop_flip_gather(padded: torch.Tensor, di, dj, flip, h: int, w: int) -> torch.Tensor:
+    """The same crops as ``crop_flip_per_image`` as one gather (the flip folded into the column index)."""
+    n, c, dev = padded.shape[0], padded.shape[1], padded.device
+    rows = (di[:, None] + torch.arange(h)[None, :]).to(dev)
+    cols = dj[:, None] + torch.arange(w)[None, :]
+    cols = torch.where(flip[:, None], cols.flip(1), cols).to(dev)
+    return padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]
 
 
 class ImageDataModule:
@@ -185,9 +211,9 @@ class ImageDataModule:
                 "sizes": {s: self.size(s) for s in SPLITS}}
 
 
-def set_normalization(dm: ImageDataModule, mean: Sequence[float], std: Sequence[float]) -> None:
-    if dm.normalize:
-        dm.transform.mean, dm.transform.std = tuple(mean), tuple(std)
+def set_normalization(datamodule: ImageDataModule, mean: Sequence[float], std: Sequence[float]) -> None:
+    if datamodule.normalize:
+        datamodule.transform.mean, datamodule.transform.std = tuple(mean), tuple(std)
 
 
 class StreamingDataModule(ImageDataModule):

@@ -28,6 +28,7 @@ from .direct import (
     procrustes,
     r2,
     reduced_rank,
+    relative_squared_error,
     residual,
     solve,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "procrustes",
     "r2",
     "reduced_rank",
+    "relative_squared_error",
     "residual",
     "solve",
 ]

@@ -48,6 +48,7 @@ __all__ = [
     "lasso",
     "residual",
     "r2",
+    "relative_squared_error",
     "solve",
     "KINDS",
 ]
@@ -564,9 +565,20 @@ def residual(stats: MatchingStatistics, W, b=None) -> torch.Tensor:
     return (centred + stats.n * (offset @ offset)).clamp_min(0)
 
 
+def relative_squared_error(s: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``||S - B||_F^2 / ||B||_F^2`` over the rows given (float32 at least; a 0-d tensor): how far a stitched
+    representation S = S(A) is from model 2's own B. The one formula behind three reported numbers: paper 1's
+    R² is ``1 - `` it (``r2`` below, over every row, from the statistics; TLM's tracked ``r2`` over its probe
+    batch), and paper 2's "DM structural score" (``dm_structural`` in records) is its mean over the test
+    batches, as paper 2 defines it (``stitch/evaluation.py``)."""
+    s, b = s.float(), b.float()
+    return (s - b).pow(2).sum() / b.pow(2).sum().clamp_min(1e-30)
+
+
 def r2(stats: MatchingStatistics, W, b=None) -> torch.Tensor:
     """``1 - ||A W + b - B||_F^2 / ||B||_F^2`` with the *uncentred* ``||B||_F^2 = tr(B^T B)``
-    (paper 1, Def. 6.1).  Returns a 0-d float64 tensor."""
+    (paper 1, Def. 6.1): ``1 - relative_squared_error(A W + b, B)`` over every row, computed from the
+    statistics without the rows.  Returns a 0-d float64 tensor."""
     res = residual(stats, W, b)
     total = stats.scatter_bb.trace() + stats.n * (stats.mean_b @ stats.mean_b)
     if float(total) == 0:

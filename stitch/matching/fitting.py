@@ -19,7 +19,7 @@ from ..activations import to_rows
 from ..losses import soft_cross_entropy
 from ..similarity import linear_cka_torch
 from ..stitching import StitchedNetwork, build_stitching_layer
-from .direct import MatchingStatistics, solve
+from .direct import MatchingStatistics, relative_squared_error, solve
 from .task_loss import train_task_loss
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def fit_task_loss(ctx: PairContext, m: TLMSettings, seed: int, multilabel: bool,
             s = n.stitch(probe.a)
             logits = n.head(s).float()
             ce = soft_cross_entropy(logits, probe.z2.float())
-            r2 = 1 - (s.float() - probe.b.float()).pow(2).sum() / probe.b.float().pow(2).sum()
+            r2 = 1 - relative_squared_error(s, probe.b)  # paper 1's R² of S(A) vs B, on the probe batch
             acc = (logits.argmax(1) == probe.y).float().mean() if not multilabel else None
             return {"cka": float(linear_cka_torch(s, probe.b)), "r2": float(r2), "cross_entropy": float(ce),
                     "stitched_acc": None if acc is None else float(acc)}

@@ -54,21 +54,42 @@ class StitchableNetwork(nn.Module):
         names = list(stages.keys())
         self._stage_names = names
         self._stage_index = {n: i for i, n in enumerate(names)}
-        stitchable = names if stitchable is None else list(stitchable)
-        unknown = [n for n in stitchable if n not in names]
+        self.set_cut_points(names if stitchable is None else stitchable, groups, default_group, aliases)
+
+    def set_cut_points(self, names: Iterable[str], groups: "dict[str, list[str]] | None" = None,
+                       default_group: str | None = None, aliases: dict[str, str] | None = None) -> None:
+        """Where this network may be cut, checked: ``names`` in forward order (stages of the chain, when it
+        has one), named ``groups`` of them (the first, or ``default_group``, is what ``layer=all`` selects) and
+        ``aliases`` (old or paper names of canonical ones). The one place cut points are set; subclasses and
+        transforms (``fold.fold_batchnorm``) call it rather than writing the fields."""
+        names = list(names)
+        stages = getattr(self, "_stage_index", None)
+        unknown = [n for n in names if stages is not None and n not in stages]
         if unknown:
             raise ValueError(f"stitchable layers {unknown} are not stages of {type(self).__name__}")
-        self._layers = stitchable
-        groups = dict(groups or {"layers": stitchable})
+        groups = dict(groups or {"layers": names})
         for g, members in groups.items():
-            if g in ("all", "every") or set(members) - set(stitchable):
+            if g in ("all", "every") or set(members) - set(names):
                 raise ValueError(f"bad layer group {g!r} of {type(self).__name__}")
-        self._groups = {g: [n for n in stitchable if n in members] for g, members in groups.items()}
-        self._default_group = default_group or next(iter(self._groups))
-        self._aliases = dict(aliases or {})
-        bad = {a: c for a, c in self._aliases.items() if c not in stitchable or a in stitchable}
+        groups = {g: [n for n in names if n in members] for g, members in groups.items()}
+        if default_group is not None and default_group not in groups:
+            raise ValueError(f"default layer group {default_group!r} is not a group of {type(self).__name__}")
+        aliases = dict(aliases or {})
+        bad = {a: c for a, c in aliases.items() if c not in names or a in names}
         if bad:
             raise ValueError(f"bad layer aliases {bad} of {type(self).__name__}")
+        self._layers, self._groups, self._aliases = names, groups, aliases
+        self._default_group = default_group or next(iter(groups))
+
+    def drop_cut_points(self, gone: Iterable[str]) -> None:
+        """Stop offering the cut points ``gone`` (e.g. a BatchNorm folded into its convolution): groups left
+        empty, and aliases of them, go too; the default group stays if anything is left of it."""
+        gone = set(gone)
+        groups = {g: [n for n in m if n not in gone] for g, m in self._groups.items()}
+        groups = {g: m for g, m in groups.items() if m}
+        self.set_cut_points([n for n in self._layers if n not in gone], groups,
+                            self._default_group if self._default_group in groups else None,
+                            {a: c for a, c in self._aliases.items() if c not in gone})
 
     # ----------------------------------------------------------------- interface
     @property
@@ -105,7 +126,7 @@ class StitchableNetwork(nn.Module):
     def check_layer(self, layer: str) -> str:
         """The canonical name of ``layer`` (an alias is resolved); an unknown name lists the valid ones."""
         layer = self._aliases.get(layer, layer)
-        if layer not in self._stage_index or layer not in self._layers:
+        if layer not in self._layers:
             groups = "; ".join(f"{g}: {', '.join(m)}" for g, m in self.layer_groups.items())
             aliases = (f"; aliases: {', '.join(f'{a}={c}' for a, c in self._aliases.items())}"
                        if self._aliases else "")

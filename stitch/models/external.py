@@ -373,7 +373,7 @@ class TracedNetwork(StitchableNetwork):
         else:
             names = self._check_explicit([layers] if isinstance(layers, str) else [str(n) for n in layers], trace)
             groups = {"layers": names}
-        self._set_cut_points(names, groups)
+        self.set_cut_points(names, groups)  # no chain of stages here: the traced graph's nodes are the cut points
 
     @property
     def wrapped(self) -> nn.Module:
@@ -381,7 +381,7 @@ class TracedNetwork(StitchableNetwork):
         return self._model
 
     def extra_repr(self) -> str:
-        return f"family={self.family!r}, layers={len(self._layers)}"
+        return f"family={self.family!r}, layers={len(self.layers)}"
 
     # ------------------------------------------------------------------ cut points
     def _discover(self, trace: _Trace) -> tuple[list[str], dict[str, list[str]]]:
@@ -466,20 +466,12 @@ class TracedNetwork(StitchableNetwork):
                                      f"points: {', '.join(trace.valid_names())}")
         return sorted(dict.fromkeys(names), key=lambda n: trace.index[trace.node_of(n)])  # forward order
 
-    def _set_cut_points(self, names: list[str], groups: dict[str, list[str]]) -> None:
-        # the bookkeeping StitchableNetwork's check_layer / select_layers / layer_groups read
-        self._layers = list(names)
-        self._stage_index = {n: i for i, n in enumerate(names)}
-        self._groups = groups
-        self._default_group = next(iter(groups))
-        self._aliases = {}
-
     def _trace_for(self, training: bool) -> _Trace:
         """The graph for the current mode; the train-mode one is traced on first use."""
         trace = self._traces.get(training)
         if trace is None:
             trace = _trace(self._model, self.family)
-            missing = [n for n in self._layers if trace.node_of(n) not in trace.dominators]
+            missing = [n for n in self.layers if trace.node_of(n) not in trace.dominators]
             if missing:
                 raise ExternalModelError(
                     f"{self.family}: {missing} are not cut points of its {'train' if training else 'eval'}-mode "
@@ -581,12 +573,12 @@ class TracedNetwork(StitchableNetwork):
             fn = self._fns.get("shapes")
             if fn is None:
                 trace = self._trace_for(False)
-                fn = self._fns["shapes"] = self._compile(trace, None, tuple(trace.node_of(n) for n in self._layers),
+                fn = self._fns["shapes"] = self._compile(trace, None, tuple(trace.node_of(n) for n in self.layers),
                                                          "layer shapes")
             p = next(self._model.parameters(), None)
             x = torch.zeros(1, *input_shape, device=p.device if p is not None else None)
             values = fn(self._model, x)
-            return OrderedDict((n, tuple(v.shape[1:])) for n, v in zip(self._layers, values))
+            return OrderedDict((n, tuple(v.shape[1:])) for n, v in zip(self.layers, values))
         finally:
             self.train(was_training)
 

@@ -65,11 +65,7 @@ def fold_batchnorm(net: StitchableNetwork, keep: Iterable[str] = ()) -> Stitchab
             if block.downsample is not None:
                 _fuse_sequential(block.downsample)
     if folded:
-        gone = set(folded)
-        fast._layers = [n for n in fast._layers if n not in gone]
-        fast._groups = {g: [n for n in m if n not in gone] for g, m in fast._groups.items()}
-        fast._groups = {g: m for g, m in fast._groups.items() if m}
-        fast._aliases = {a: c for a, c in fast._aliases.items() if c not in gone}
+        fast.drop_cut_points(folded)
     for p in fast.parameters():
         p.requires_grad_(False)
     return fast

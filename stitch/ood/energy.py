@@ -23,10 +23,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# paper 2 / Liu et al. 2020 (CIFAR-10) values
-DEFAULT_WEIGHT = 0.1
-DEFAULT_M_IN = -25.0
-DEFAULT_M_OUT = -7.0
+from ..settings import ENERGY_M_IN, ENERGY_M_OUT, ENERGY_WEIGHT
+
+# paper 2 / Liu et al. 2020 (CIFAR-10) values;
+# the defaults of ood.energy (stitch.settings.EnergySettings: the one place they live)
+DEFAULT_WEIGHT, DEFAULT_M_IN, DEFAULT_M_OUT = ENERGY_WEIGHT, ENERGY_M_IN, ENERGY_M_OUT
 
 
 def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -38,8 +38,9 @@ from torch import nn
 
 from ..data.base import ImageDataModule
 from ..errors import ConfigError
+from ..settings import OUTLIER_SOURCES
 
-BUILTIN_SOURCES = ("photos", "noise", "shuffle", "corrupt")
+BUILTIN_SOURCES = OUTLIER_SOURCES  # their names live with the settings that choose them
 
 
 @functools.lru_cache(maxsize=1)
@@ -143,10 +144,10 @@ def _resize_raw(x: torch.Tensor, size: tuple[int, int], channels: int, grayscale
     return (f.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def looks_grayscale(dm: ImageDataModule, samples: int = 64) -> bool:
+def looks_grayscale(datamodule: ImageDataModule, samples: int = 64) -> bool:
     """True when the in-distribution images have identical channels (e.g. digits repeated to RGB)."""
     try:
-        x = dm.tensors("train")[0][:samples]
+        x = datamodule.tensors("train")[0][:samples]
     except NotImplementedError:  # streaming sets (ImageNet, CelebA) are colour
         return False
     return x.shape[1] == 1 or bool((x == x[:, :1]).all())
@@ -161,9 +162,9 @@ def dataset_images(spec: dict, size: tuple[int, int], channels: int, grayscale: 
         raise ConfigError(f"ood.outliers.datasets entries must be mappings with a name, e.g. "
                           f"{{name: svhn, root: data/svhn}}; got {spec!r}")
     opts = {k: v for k, v in spec.items() if k not in ("name", "split", "tlm_lr")}
-    dm = data_lib.build(spec["name"], **opts)
+    datamodule = data_lib.build(spec["name"], **opts)
     try:
-        x = dm.tensors(spec.get("split", "train"))[0]
+        x = datamodule.tensors(spec.get("split", "train"))[0]
     except NotImplementedError:
         raise ConfigError(f"outlier data set {spec['name']!r} streams from disk; only in-memory sets "
                           f"(cifar10, svhn, digits, synthetic) can serve as outliers") from None
@@ -180,7 +181,7 @@ class OutlierSampler:
     balanced whatever the data-set sizes.
     """
 
-    def __init__(self, dm: ImageDataModule, sources: Sequence[str] = ("photos", "noise", "shuffle"),
+    def __init__(self, datamodule: ImageDataModule, sources: Sequence[str] = ("photos", "noise", "shuffle"),
                  datasets: Sequence[dict] = (), grayscale: bool | str = "auto", dataset_limit: int | None = 50000):
         bad = [s for s in sources if s not in BUILTIN_SOURCES]
         if bad:
@@ -188,11 +189,11 @@ class OutlierSampler:
                               f"(data sets go in ood.outliers.datasets)")
         if not sources and not datasets:
             raise ConfigError("ood.outliers needs at least one source or data set")
-        self.dm = dm
-        dm.setup()
-        self.channels, *size = dm.input_shape
+        self.datamodule = datamodule
+        datamodule.setup()
+        self.channels, *size = datamodule.input_shape
         self.size = tuple(size)
-        self.grayscale = looks_grayscale(dm) if grayscale == "auto" else bool(grayscale)
+        self.grayscale = looks_grayscale(datamodule) if grayscale == "auto" else bool(grayscale)
         self.sources = list(sources)
         self.pools = [dataset_images(spec, self.size, self.channels, self.grayscale, dataset_limit)
                       for spec in datasets]
@@ -222,7 +223,7 @@ class OutlierSampler:
             else:
                 pool = self.pools[k - len(self.sources)]
                 raw = pool[torch.randint(len(pool), (m,), generator=generator)]
-            parts.append(self.dm.preprocess(raw.to(device)))
+            parts.append(self.datamodule.preprocess(raw.to(device)))
         x = torch.cat(parts)
         return x[torch.randperm(len(x), generator=generator).to(x.device)]
 
@@ -231,6 +232,6 @@ class OutlierSampler:
         if in_batch is not None and len(in_batch):
             idx = torch.randint(len(in_batch), (m,), generator=generator).to(in_batch.device)
             return in_batch[idx].to(device)
-        images = self.dm.tensors("train")[0]
+        images = self.datamodule.tensors("train")[0]
         idx = torch.randint(len(images), (m,), generator=generator)
-        return self.dm.preprocess(images[idx].to(device))
+        return self.datamodule.preprocess(images[idx].to(device))

@@ -21,8 +21,8 @@ import torch
 from .. import models, store
 from ..data.base import ImageDataModule
 from ..fileio import read_json, save_torch, sha256, write_json
-from ..hardware import hardware_name
-from ..version import code_version
+from ..provenance import provenance
+from ..settings import DataSpec, OODSettings, Problems, _raise
 from .cache import OODCache
 from .networks import ActivationDetector
 from .sanity import ensure_sanity
@@ -33,13 +33,22 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the checkpoint layout changes
 
-_DATA_NON_SEMANTIC = {"batch_size", "num_workers", "root", "download", "cache", "layout", "tlm_lr"}
+def data_identity(data: DataSpec | dict | None) -> dict:
+    """What of the study's data settings a detector depends on: ``DataSpec.content_identity`` (where the files
+    are, batch sizes and the TLM learning rate leave it out). A dict is read as a ``data:`` block."""
+    if data is None:
+        return {}
+    if isinstance(data, dict):
+        problems = Problems()
+        data = DataSpec.parse(data, "data.", problems)
+        _raise(problems)
+    return data.content_identity()
 
 
 def detector_identity(cfg: DetectorConfig, key2: store.DonorKey, donor_sha256: str | None, layer: str,
-                      data_cfg: dict | None, input_shape: tuple[int, ...]) -> tuple[str, dict]:
+                      data_cfg: DataSpec | dict | None, input_shape: tuple[int, ...]) -> tuple[str, dict]:
     """(hash, the dict it hashes): what makes two trained detectors interchangeable."""
-    data = {k: v for k, v in (data_cfg or {}).items() if k not in _DATA_NON_SEMANTIC}
+    data = data_identity(data_cfg)
     ident = {"format": FORMAT, "detector": cfg.to_dict(), "donor": str(key2), "donor_sha256": donor_sha256,
              "layer": layer, "data": data, "input_shape": list(input_shape)}
     h = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -65,9 +74,9 @@ def _load(path: Path, meta: dict, device) -> ActivationDetector | None:
     return det.to(device).eval()
 
 
-def get_detector(model2: models.StitchableNetwork, key2: store.DonorKey, layer: str, dm: ImageDataModule,
-                 ood_cfg: dict | None, store_root: str | Path | None = None, device: torch.device | str = "cpu",
-                 data_cfg: dict | None = None, cache: OODCache | None = None,
+def get_detector(model2: models.StitchableNetwork, key2: store.DonorKey, layer: str, datamodule: ImageDataModule,
+                 ood_cfg: OODSettings | dict | None, store_root: str | Path | None = None, device: torch.device | str = "cpu",
+                 data_cfg: DataSpec | dict | None = None, cache: OODCache | None = None,
                  retrain: bool = False) -> tuple[ActivationDetector, dict]:
     """The detector for (model 2, ``layer``): from ``cache``, the model store, or trained now.
 
@@ -81,7 +90,7 @@ def get_detector(model2: models.StitchableNetwork, key2: store.DonorKey, layer: 
     sanity_spec = sanity_config(ood_cfg)
     device = torch.device(device)
     donor_sha = store.load_meta(key2, store_root).get("sha256") if store.exists(key2, store_root) else None
-    digest, ident = detector_identity(cfg, key2, donor_sha, layer, data_cfg, dm.input_shape)
+    digest, ident = detector_identity(cfg, key2, donor_sha, layer, data_cfg, datamodule.input_shape)
     path = detector_path(key2, layer, digest, store_root)
     meta_path = path.with_suffix(".json")
     det = None
@@ -102,14 +111,14 @@ def get_detector(model2: models.StitchableNetwork, key2: store.DonorKey, layer: 
             log.info("OOD detector for %s %s loaded from %s", key2, layer, path)
     if det is None:
         log.info("training the OOD detector for %s layer %s (%s)", key2, layer, path)
-        det, info = train_detector(model2, layer, dm, cfg, device)
+        det, info = train_detector(model2, layer, datamodule, cfg, device)
         meta = {"format": FORMAT, "identity": ident, "hash": digest, "config": cfg.to_dict(), "layer": layer,
                 "donor": str(key2), "donor_sha256": donor_sha, "act_shape": info["act_shape"],
-                "num_classes": dm.num_classes, "image_size": list(dm.input_shape[1:]), "data": dm.name,
+                "num_classes": datamodule.num_classes, "image_size": list(datamodule.input_shape[1:]), "data": datamodule.name,
                 "multilabel": info["multilabel"], "score": info["score"],
                 "history": info["history"], "metrics": info["eval"],
                 "timings": {k: info[k] for k in ("classify_s", "energy_s", "train_s")},
-                "code_version": code_version(), "hardware": hardware_name(device)}
+                **provenance(device)}
         save_torch(path, {k: v.detach().cpu().clone() for k, v in det.state_dict().items()})
         meta["sha256"] = sha256(path)
         meta["trained_now"] = True
@@ -117,7 +126,7 @@ def get_detector(model2: models.StitchableNetwork, key2: store.DonorKey, layer: 
                  info["eval"]["acc"], f"{info['eval'].get('outlier_auroc', float('nan')):.4f}", info["train_s"])
     meta["path"] = str(path)
     # the sanity check is not part of the detector's identity: a new sanity setting adds a result
-    sanity = ensure_sanity(det, meta, model2, layer, dm, sanity_spec, device)
+    sanity = ensure_sanity(det, meta, model2, layer, datamodule, sanity_spec, device)
     if meta.get("trained_now") or sanity.get("computed_now"):
         write_json(meta_path, {k: v for k, v in meta.items() if k not in ("trained_now", "path")})
     if cache is not None:

@@ -62,7 +62,7 @@ def resolve_sanity_data(in_name: str, spec: dict) -> dict | None:
     return {"name": "synthetic"}
 
 
-def sanity_images(spec: dict, dm: ImageDataModule, samples: int) -> torch.Tensor:
+def sanity_images(spec: dict, datamodule: ImageDataModule, samples: int) -> torch.Tensor:
     """Raw uint8 test images of the sanity data set, in the in-distribution geometry (size, channels)."""
     from .. import data as data_lib
 
@@ -75,12 +75,12 @@ def sanity_images(spec: dict, dm: ImageDataModule, samples: int) -> torch.Tensor
         x = other.tensors("test")[0][:samples]
     except NotImplementedError:  # streaming set: its batches arrive as floats in [0, 1]
         x = torch.cat([b for b, _ in other.batches("test", 256, limit=samples, device="cpu")])
-    channels, *size = dm.input_shape
-    return _resize_raw(x, tuple(size), channels, looks_grayscale(dm))
+    channels, *size = datamodule.input_shape
+    return _resize_raw(x, tuple(size), channels, looks_grayscale(datamodule))
 
 
 @torch.no_grad()
-def sanity_check(det: ActivationDetector, model2: models.StitchableNetwork, layer: str, dm: ImageDataModule,
+def sanity_check(det: ActivationDetector, model2: models.StitchableNetwork, layer: str, datamodule: ImageDataModule,
                  spec: dict | None = None, samples: int = 1000, device: torch.device | str = "cpu") -> dict:
     """AUROC of the detector for a genuinely different data set against the in-distribution test split.
 
@@ -90,14 +90,14 @@ def sanity_check(det: ActivationDetector, model2: models.StitchableNetwork, laye
     through model 2 up to ``layer``. Returns ``{"data", "auroc", "aupr", "fpr95",
     "samples"}``.
     """
-    spec = spec or resolve_sanity_data(dm.name, {"data": "auto"})
+    spec = spec or resolve_sanity_data(datamodule.name, {"data": "auto"})
     device = torch.device(device)
     model2.eval()
-    raw = sanity_images(spec, dm, samples)
-    acts_out = (layer_activations(model2, layer, dm.preprocess(raw[i:i + 256].to(device)))
+    raw = sanity_images(spec, datamodule, samples)
+    acts_out = (layer_activations(model2, layer, datamodule.preprocess(raw[i:i + 256].to(device)))
                 for i in range(0, len(raw), 256))
     e_out, _ = detector_outputs(det, acts_out)
-    acts_in = (layer_activations(model2, layer, x) for x, _ in dm.batches("test", 256, device=device, limit=samples))
+    acts_in = (layer_activations(model2, layer, x) for x, _ in datamodule.batches("test", 256, device=device, limit=samples))
     e_in, _ = detector_outputs(det, acts_in)
     m = ood_scores_metrics(-e_in, -e_out)
     return {"data": spec["name"], **m, "samples_in": len(e_in), "samples_out": len(e_out),
@@ -105,10 +105,10 @@ def sanity_check(det: ActivationDetector, model2: models.StitchableNetwork, laye
             "energy_out_percentiles": energy_percentiles(e_out)}
 
 
-def ensure_sanity(det: ActivationDetector, meta: dict, model2, layer: str, dm: ImageDataModule, spec: dict,
+def ensure_sanity(det: ActivationDetector, meta: dict, model2, layer: str, datamodule: ImageDataModule, spec: dict,
                   device) -> dict:
     """Run (or reuse from ``meta["sanity"]``) the sanity check for ``spec``; stores it in ``meta``."""
-    resolved = resolve_sanity_data(dm.name, spec)
+    resolved = resolve_sanity_data(datamodule.name, spec)
     meta.setdefault("sanity", {})
     if resolved is None:
         return {}
@@ -118,9 +118,9 @@ def ensure_sanity(det: ActivationDetector, meta: dict, model2, layer: str, dm: I
         meta["sanity_auroc"] = meta["sanity"][skey]["auroc"]
         return meta["sanity"][skey]
     t = time.time()
-    res = sanity_check(det, model2, layer, dm, resolved, spec["samples"], device)
+    res = sanity_check(det, model2, layer, datamodule, resolved, spec["samples"], device)
     res["seconds"] = time.time() - t
     meta["sanity"][skey] = res
     meta["sanity_auroc"] = res["auroc"]
-    log.info("OOD detector %s sanity check: %s vs %s AUROC %.4f", layer, res["data"], dm.name, res["auroc"])
+    log.info("OOD detector %s sanity check: %s vs %s AUROC %.4f", layer, res["data"], datamodule.name, res["auroc"])
     return {**res, "computed_now": True}

@@ -13,7 +13,8 @@ from .cache import OODCache
 from .networks import ActivationDetector, prediction_accuracy
 from .registry import get_detector
 from .scoring import PERCENTILES, energy_percentiles, energy_summary, ood_scores_metrics
-from .settings import sanity_config
+from ..settings import DataSpec, OODSettings
+from .settings import ood_settings
 
 
 @torch.no_grad()
@@ -50,19 +51,21 @@ def stitch_energies(net: StitchedNetwork, source: FeatureSource, detector: Activ
             "y": torch.cat(ys)}
 
 
-def ood_metrics(net: StitchedNetwork, source: FeatureSource, key2, ood_cfg: dict | None, data_cfg: dict | None,
-                store_root: str | Path | None, dm, cache: OODCache | None = None) -> dict[str, float | None]:
+def ood_metrics(net: StitchedNetwork, source: FeatureSource, key2, ood_cfg: OODSettings | dict | None,
+                data_cfg: DataSpec | dict | None,
+                store_root: str | Path | None, datamodule, cache: OODCache | None = None) -> dict[str, float | None]:
     """The ``ood/*`` metrics of :func:`ood_scores` (scalars only)."""
-    return ood_scores(net, source, key2, ood_cfg, data_cfg, store_root, dm, cache)["metrics"]
+    return ood_scores(net, source, key2, ood_cfg, data_cfg, store_root, datamodule, cache)["metrics"]
 
 
-def ood_scores(net: StitchedNetwork, source: FeatureSource, key2, ood_cfg: dict | None, data_cfg: dict | None,
-               store_root: str | Path | None, dm, cache: OODCache | None = None) -> dict:
+def ood_scores(net: StitchedNetwork, source: FeatureSource, key2, ood_cfg: OODSettings | dict | None,
+               data_cfg: DataSpec | dict | None,
+               store_root: str | Path | None, datamodule, cache: OODCache | None = None) -> dict:
     """Paper 2's OOD score of one stitched network, for its result record: ``{"metrics", "energies"}``.
 
     ``ood_cfg`` is the study's ``ood:`` block, ``data_cfg`` its ``data:`` block (part
     of the detector's identity), ``store_root`` the model store, ``key2`` model 2's
-    :class:`~stitch.store.DonorKey` and ``dm`` the study's data module. The detector
+    :class:`~stitch.store.DonorKey` and ``datamodule`` the study's data module. The detector
     for (model 2, target layer) is taken from ``cache``, loaded from the model store
     or trained there once. ``metrics`` (scalars, the record's ``metrics``):
 
@@ -81,12 +84,12 @@ def ood_scores(net: StitchedNetwork, source: FeatureSource, key2, ood_cfg: dict 
     of the detector's energies on model 2's own activations (``in``), on the stitched ones
     (``stitched``) and on the sanity set (``sanity``, named by ``sanity_data``).
     """
-    ood_cfg = ood_cfg or {}
+    ood_cfg = ood_settings(ood_cfg)  # typed once (a study passes its own)
     t0 = time.time()
-    detector, meta = get_detector(net.back, key2, net.target_layer, dm, ood_cfg, store_root, source.device,
+    detector, meta = get_detector(net.back, key2, net.target_layer, datamodule, ood_cfg, store_root, source.device,
                                   data_cfg=data_cfg, cache=cache)
     setup_s = time.time() - t0  # training (and checking) the detector when this run is the first to need it
-    r = stitch_energies(net, source, detector, ood_cfg.get("split", "test"), cache)
+    r = stitch_energies(net, source, detector, ood_cfg.split, cache)
     m = ood_scores_metrics(-r["in"], -r["stitched"])
     out: dict[str, float | None] = {f"ood/{k}": v for k, v in m.items()}
     for name, e in (("energy_in", r["in"]), ("energy_stitched", r["stitched"])):
@@ -96,7 +99,7 @@ def ood_scores(net: StitchedNetwork, source: FeatureSource, key2, ood_cfg: dict 
     sanity_auroc = meta.get("sanity_auroc")
     out["ood/sanity_auroc"] = sanity_auroc
     out["ood/detector_trusted"] = None if sanity_auroc is None else \
-        float(sanity_auroc >= sanity_config(ood_cfg)["min_auroc"])
+        float(sanity_auroc >= ood_cfg.sanity.min_auroc)
     out["ood/outlier_auroc"] = (meta.get("metrics") or {}).get("outlier_auroc")
     out["ood/samples"] = len(r["y"])
     sanity = (meta.get("sanity") or {}).get(meta.get("sanity_key"), {})

@@ -8,7 +8,6 @@ import math
 import time
 
 import torch
-from torch import nn
 
 from .. import models
 from ..data.base import ImageDataModule
@@ -31,7 +30,7 @@ def _grayscale_option(value: str) -> bool | str:
     return {"auto": "auto", "true": True, "false": False}[value]
 
 
-def train_detector(model2: models.StitchableNetwork, layer: str, dm: ImageDataModule, cfg: DetectorConfig,
+def train_detector(model2: models.StitchableNetwork, layer: str, datamodule: ImageDataModule, cfg: DetectorConfig,
                    device: torch.device | str = "cpu") -> tuple[ActivationDetector, dict]:
     """Train a detector on model 2's ``layer`` activations; returns (detector in eval mode, info).
 
@@ -46,14 +45,14 @@ def train_detector(model2: models.StitchableNetwork, layer: str, dm: ImageDataMo
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
-    shape = model2.layer_shapes(dm.input_shape)[layer]
-    multilabel = bool(dm.multilabel)
+    shape = model2.layer_shapes(datamodule.input_shape)[layer]
+    multilabel = bool(datamodule.multilabel)
     if multilabel and cfg.epochs == 0:
         raise ConfigError("ood.detector.epochs=0: a multi-label detector is trained by its classification epochs "
                           "only (joint energy needs no energy fine-tuning); expected an integer >= 1")
-    det = ActivationDetector(shape, dm.num_classes, cfg, dm.input_shape[1:], multilabel=multilabel).to(device)
+    det = ActivationDetector(shape, datamodule.num_classes, cfg, datamodule.input_shape[1:], multilabel=multilabel).to(device)
     sample = torch.cat([layer_activations(model2, layer, x)
-                        for x, _ in dm.batches("train", 256, device=device, limit=1024)])
+                        for x, _ in datamodule.batches("train", 256, device=device, limit=1024)])
     det.set_standardization(sample)
     del sample
     bs, lim = cfg.batch_size, cfg.train_limit
@@ -63,13 +62,13 @@ def train_detector(model2: models.StitchableNetwork, layer: str, dm: ImageDataMo
         if epochs == 0:
             return
         opt = torch.optim.Adam(det.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-        total = epochs * dm.num_batches("train", bs, lim)
+        total = epochs * datamodule.num_batches("train", bs, lim)
         step = 0
         det.train()
         for epoch in range(epochs):
             sums = {"loss": 0.0, "ce": 0.0, "reg": 0.0, "energy_in": 0.0, "energy_out": 0.0, "acc": 0.0}
             n_b = 0
-            for x, y in dm.batches("train", bs, shuffle=True, augment=cfg.augment, device=device,
+            for x, y in datamodule.batches("train", bs, shuffle=True, augment=cfg.augment, device=device,
                                    seed=cfg.seed * 1009 + epoch + (500 if energy_phase else 0), limit=lim):
                 for group in opt.param_groups:
                     group["lr"] = lr * _cosine(step, total)
@@ -110,7 +109,7 @@ def train_detector(model2: models.StitchableNetwork, layer: str, dm: ImageDataMo
         log.info("detector %s: multi-label head, scored by its joint energy (post hoc, Wang et al. 2021): "
                  "no energy fine-tuning (ood.energy.epochs=%d unused)", layer, cfg.energy_epochs)
     if cfg.energy_epochs and not multilabel:
-        sampler = OutlierSampler(dm, cfg.outlier_sources, [dict(s) for s in cfg.outlier_datasets],
+        sampler = OutlierSampler(datamodule, cfg.outlier_sources, [dict(s) for s in cfg.outlier_datasets],
                                  _grayscale_option(cfg.grayscale))
         run_phase(cfg.energy_epochs, cfg.energy_lr, True, sampler)
     det.eval()
@@ -119,21 +118,21 @@ def train_detector(model2: models.StitchableNetwork, layer: str, dm: ImageDataMo
             "score": "joint energy (Wang et al. 2021)" if multilabel else "free energy (Liu et al. 2020)"}
     if sampler is None and multilabel:  # held-out outliers scored for the detector's record all the same
         try:
-            sampler = OutlierSampler(dm, cfg.outlier_sources, [dict(s) for s in cfg.outlier_datasets],
+            sampler = OutlierSampler(datamodule, cfg.outlier_sources, [dict(s) for s in cfg.outlier_datasets],
                                      _grayscale_option(cfg.grayscale))
         except StitchError as e:
             log.warning("detector %s: no held-out outliers to score (%s)", layer, e)
-    info["eval"] = evaluate_detector(det, model2, layer, dm, device, sampler, seed=cfg.seed + 1)
+    info["eval"] = evaluate_detector(det, model2, layer, datamodule, device, sampler, seed=cfg.seed + 1)
     return det, info
 
 
 @torch.no_grad()
-def evaluate_detector(det: ActivationDetector, model2, layer: str, dm: ImageDataModule, device,
+def evaluate_detector(det: ActivationDetector, model2, layer: str, datamodule: ImageDataModule, device,
                       sampler: OutlierSampler | None = None, seed: int = 1, split: str = "test",
                       limit: int | None = 2000) -> dict:
     """Detector accuracy and energies on ``split``; AUROC against freshly drawn (held-out) outliers."""
     ys, feats = [], []
-    for x, y in dm.batches(split, 256, device=device, limit=limit):
+    for x, y in datamodule.batches(split, 256, device=device, limit=limit):
         feats.append(layer_activations(model2, layer, x))
         ys.append(y.cpu())
     e_in, pred = detector_outputs(det, feats)
@@ -143,7 +142,7 @@ def evaluate_detector(det: ActivationDetector, model2, layer: str, dm: ImageData
     if sampler is not None:
         g = torch.Generator().manual_seed(10_000 + seed)  # a different draw from any training batch
         acts = [layer_activations(model2, layer, sampler.sample(len(x), x, g, device))
-                for x, _ in dm.batches(split, 256, device=device, limit=limit)]
+                for x, _ in datamodule.batches(split, 256, device=device, limit=limit)]
         e_out, _ = detector_outputs(det, acts)
         m = ood_scores_metrics(-e_in, -e_out)
         out.update({f"outlier_{k}": v for k, v in m.items()}, energy_outlier_mean=float(e_out.mean()))

@@ -67,6 +67,13 @@ class DonorKey:
         options = {k: v for k, v in (options or {}).items() if k not in models.CUT_POINT_OPTIONS}
         return cls(data, model, tuple(sorted(options.items())), _seed(seed))
 
+    @classmethod
+    def of(cls, model, data: str, seed: int | str | None = None) -> "DonorKey":
+        """The key of donor ``model`` (a ``ModelSpec``, or a ``conf/model`` dict with its ``seed``) trained or
+        imported on data set ``data``: the one way a study, a training and an import name a donor."""
+        get = model.get if isinstance(model, dict) else lambda k, d=None: getattr(model, k, d)
+        return cls.make(data, get("name"), get("seed", 0) if seed is None else seed, dict(get("options") or {}))
+
     @property
     def tag(self) -> str:
         return models.model_tag(self.model, **dict(self.options))
@@ -108,11 +115,6 @@ class DonorKey:
 
     def __str__(self) -> str:
         return f"{self.data}/{self.tag}/{self.leaf}"
-
-
-def donor_key(data_cfg: dict, model_cfg: dict, seed: int | str) -> DonorKey:
-    """The store key of a ``conf/model`` entry trained (or imported) on a ``conf/data`` entry."""
-    return DonorKey.make(data_cfg["name"], model_cfg["name"], seed, dict(model_cfg.get("options") or {}))
 
 
 def save(key: DonorKey, model: torch.nn.Module, meta: dict, root: str | Path | None = None) -> Path:

@@ -100,7 +100,7 @@ def import_checkpoint(file: str | Path, *, data_cfg: dict, model_cfg: dict, name
     from ..hardware import hardware_name
 
     file = Path(file).expanduser()
-    key = DonorKey.make(data_cfg["name"], model_cfg["name"], name, model_cfg.get("options"))
+    key = DonorKey.of(model_cfg, data_cfg["name"], seed=name)
     if not file.is_file():
         raise CheckpointError(f"checkpoint file {file} does not exist")
     if exists(key, store_root) and not force:
@@ -116,24 +116,24 @@ def import_checkpoint(file: str | Path, *, data_cfg: dict, model_cfg: dict, name
     redo = "check the file, or the key renaming options (--strip-prefix, --add-prefix, --rename)"
     state = rename_keys(load_state(file, redo), strip_prefix, add_prefix, renames)
     device = torch.device(device)
-    dm = datamodule_from_cfg(data_cfg)  # a missing data set says where to put it, before any work is kept
-    dm.setup()
-    net = models.build(key.model, num_classes=dm.num_classes, in_channels=dm.input_shape[0],
+    datamodule = datamodule_from_cfg(data_cfg)  # a missing data set says where to put it, before any work is kept
+    datamodule.setup()
+    net = models.build(key.model, num_classes=datamodule.num_classes, in_channels=datamodule.input_shape[0],
                        **dict(key.options))
     match_state(net, state, file, redo)
     net = net.to(device).eval()
     metrics: dict[str, Any] = {"test_acc": None}
     if evaluate:
         t = time.time()
-        metrics = {"test_acc": accuracy(net, dm, "test", device, batch_size), "eval_seconds": time.time() - t}
-        floor = sanity_floor(dm.num_classes, dm.multilabel)
+        metrics = {"test_acc": accuracy(net, datamodule, "test", device, batch_size), "eval_seconds": time.time() - t}
+        floor = sanity_floor(datamodule.num_classes, datamodule.multilabel)
         if metrics["test_acc"] < floor and not force:
             raise CheckpointError(
-                f"{file} scores {metrics['test_acc']:.3f} test accuracy on {dm.name}, below the sanity floor "
+                f"{file} scores {metrics['test_acc']:.3f} test accuracy on {datamodule.name}, below the sanity floor "
                 f"{floor:.3f} (chance level): wrong architecture options, preprocessing (data.normalize) or key "
                 f"mapping? --force imports it anyway")
-    meta = {"num_classes": dm.num_classes, "in_channels": dm.input_shape[0], "input_shape": list(dm.input_shape),
-            "multilabel": dm.multilabel, "normalize": dm.normalize, "metrics": metrics,
+    meta = {"num_classes": datamodule.num_classes, "in_channels": datamodule.input_shape[0], "input_shape": list(datamodule.input_shape),
+            "multilabel": datamodule.multilabel, "normalize": datamodule.normalize, "metrics": metrics,
             "config": {"data": data_cfg, "model": model_cfg},
             "provenance": {"kind": "imported", "source": str(file.resolve()), "source_sha256": sha256(file),
                            "imported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

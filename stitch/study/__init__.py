@@ -13,7 +13,8 @@
 
 Method fitting lives with the methods (``stitch/matching/fitting.py``).
 """
-from .assembly import Study, layer_pairs
+from .assembly import Study
+from .layer_checks import layer_pairs
 from .lmc import format_lmc_table, run_lmc
 from .records import format_table, run_identity
 from .runner import run_study

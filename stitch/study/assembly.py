@@ -28,8 +28,9 @@ from ..features import ActivationCache, FeatureSource, resolve_cache_dtype, reso
 from ..hardware import resolve_device
 from ..matching.fitting import PairContext
 from ..models import StitchableNetwork
-from ..settings import CacheSettings, DataSpec, DonorSettings, ModelSpec, StudySettings, check_layers
+from ..settings import CacheSettings, DataSpec, DonorSettings, ModelSpec, StudySettings, TrainSettings
 from ..stitching import build_stitching_layer
+from .layer_checks import check_layers, layer_pairs
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +44,14 @@ class Donor:
 
     def summary(self) -> dict:
         """What a record keeps of the donor: which file it was, and how good it is."""
-        return {"key": str(self.key), "sha256": self.meta.get("sha256"),
+        return {"key": str(self.key), "tag": self.key.tag, "sha256": self.meta.get("sha256"),
                 "test_acc": (self.meta.get("metrics") or {}).get("test_acc")}
-
-
-def donor_key(spec: ModelSpec, data: DataSpec) -> store.DonorKey:
-    return store.DonorKey.make(data.name, spec.name, spec.seed, dict(spec.options or {}))
 
 
 def check_available(spec: ModelSpec, which: str, data: DataSpec, donor: DonorSettings, store_root: str) -> None:
     """Raise ``CheckpointError`` (saying which command makes it) when the donor is neither in the store, nor
     importable from ``spec.weights``, nor to be trained here: checked for both donors before either is trained."""
-    key = donor_key(spec, data)
+    key = store.DonorKey.of(spec, data.name)
     if spec.weights:
         if not Path(spec.weights).is_file():
             raise CheckpointError(f"{which}.weights={spec.weights!r}: no such file")
@@ -83,7 +80,7 @@ def load_donor(spec: ModelSpec, which: str, data: DataSpec, donor: DonorSettings
     """Model ``which`` from the store: imported from ``spec.weights`` or trained on demand when missing.
 
     ``num_classes``: the data's class count, checked against the donor's."""
-    key = donor_key(spec, data)
+    key = store.DonorKey.of(spec, data.name)
     if spec.weights:  # a local state-dict file: imported once (a different file under that name: an error)
         from ..store.importing import import_checkpoint
 
@@ -94,8 +91,7 @@ def load_donor(spec: ModelSpec, which: str, data: DataSpec, donor: DonorSettings
         from ..donors import train_donor  # Lightning: imported only when a donor is trained
 
         log.info("donor %s missing: training it now (donor.train_missing=true)", key)
-        train_donor(data.as_dict(), spec.as_dict(), donor.optim.as_dict(), donor.trainer, donor.epochs, spec.seed,
-                    store_root, logger_cfg=None)
+        train_donor(TrainSettings.for_donor(spec, data, donor, store_root))
     net, meta = store.load(key, store_root, device)
     if num_classes is not None and meta.get("num_classes") not in (None, num_classes):
         raise ConfigError(f"donor {key} ({which}) has {meta['num_classes']} classes but {data.name} has "
@@ -125,31 +121,11 @@ def check_not_at_chance(key: store.DonorKey, which: str, meta: dict, allowed: bo
     floor = store.sanity_floor(int(meta.get("num_classes") or 2), bool(meta.get("multilabel")),
                                (meta.get("metrics") or {}).get("test_majority_acc"))
     if acc < floor:
-        remake = (f"check the imported file and its import options" if key.imported else
+        remake = ("check the imported file and its import options" if key.imported else
                   f"retrain it longer:\n  {key.train_command(store_root)} epochs=<more> force=true\n ")
         raise ConfigError(f"donor {key} ({which}) has test accuracy {acc:.3f}, near chance (below {floor:.3f}): "
                           f"stitching it measures nothing; {remake} or pass donor.allow_chance=true to stitch it "
                           f"anyway")
-
-
-def layer_pairs(layer, target_layer, m1: StitchableNetwork, m2: StitchableNetwork) -> list[tuple[str, str]]:
-    """Expand ``layer``/``target_layer`` into canonical (L, M) pairs.
-
-    Each is ``all`` (the family's default group, e.g. block outputs), ``every``, a group name
-    (Tiny-10 ``bn``: every pre-activation point), a layer name or alias, or a list of these;
-    ``target_layer=None`` pairs each source layer with itself.
-    """
-    as_list = lambda v: v if v is None or isinstance(v, str) else [str(x) for x in v]  # noqa: E731
-    sources = list(dict.fromkeys(m1.select_layers(as_list(layer))))  # relu3 and its alias layer3 are one layer
-    if target_layer is None:
-        for L in sources:
-            if L not in m2.layers:
-                raise ConfigError(f"target_layer is unset, so the target is the source layer {L!r}, which model 2 "
-                                  f"({m2.family}) does not have; pass target_layer=<name> or target_layer=all. "
-                                  f"Model 2 layers: {', '.join(m2.layers)}")
-        return [(L, L) for L in sources]
-    targets = list(dict.fromkeys(m2.select_layers(as_list(target_layer))))
-    return [(L, M) for L in sources for M in targets]
 
 
 def cache_budget_bytes(cache: CacheSettings, device: torch.device) -> int:
@@ -192,7 +168,7 @@ class Study:
         data.setup()
         d1 = load_donor(s.model1, "model1", s.data, s.donor, s.store, device, data.num_classes,
                         getattr(data, "input_shape", None))
-        if donor_key(s.model2, s.data) == d1.key:
+        if store.DonorKey.of(s.model2, s.data.name) == d1.key:
             d2 = d1  # self-stitching: one network
         else:
             d2 = load_donor(s.model2, "model2", s.data, s.donor, s.store, device, data.num_classes,

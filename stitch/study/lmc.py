@@ -31,15 +31,12 @@ step goes on. ``sweep.py`` only reads these records (``stitch/sweep/lmc.py``).
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import hashlib
 import itertools
 import json
 import logging
-import os
 import re
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -48,14 +45,15 @@ from ..errors import ConfigError
 from ..evaluation import evaluate
 from ..features import resolve_precision
 from ..fileio import check_writable_dir, sha256, write_json
-from ..hardware import hardware_name, resolve_device
+from ..hardware import resolve_device
 from ..matching.fitting import PairContext
 from ..results import load_records, load_stitch
 from ..settings import ABSENT, DataSpec, StudySettings, study_settings
 from ..stitching import StitchedNetwork
-from ..version import code_version
-from .assembly import Study, donor_key
-from .records import HOST, finished, stitch_path
+from .. import store
+from .assembly import Study
+from ..provenance import failure_recorded, provenance
+from .records import finished, stitch_path
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +143,7 @@ def run_setup(rec: dict) -> dict:
 def eligible_runs(s: StudySettings) -> tuple[list[dict], dict[str, list[str]]]:
     """This study's finished runs that can be an end of a pair (see the module docstring), and the runs
     skipped because they were evaluated otherwise than this step: {differences: [run, ...]}."""
-    keys = {"model1": str(donor_key(s.model1, s.data)), "model2": str(donor_key(s.model2, s.data))}
+    keys = {"model1": str(store.DonorKey.of(s.model1, s.data.name)), "model2": str(store.DonorKey.of(s.model2, s.data.name))}
     want = evaluation_setup(s)
     out, mismatched = [], {}
     for rec in load_records(Path(s.results_dir) / "records", status="ok"):
@@ -259,11 +257,9 @@ def _pair(study: Study, s: StudySettings, ctx: PairContext, net: StitchedNetwork
            "layer": L, "target_layer": M, "layer_index": a.get("layer_index"), "data": s.data.name,
            "model1": donor(a, "model1"), "model2": donor(a, "model2"),
            "end_relative_acc": [_relative_acc(a), _relative_acc(b)],
-           "stitch_sha256": shas, "lambdas": grid, "code_version": code_version(), "device": str(study.device),
-           "precision": study.precision, "hardware": hardware_name(study.device), "host": HOST, "pid": os.getpid(),
-           "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+           "stitch_sha256": shas, "lambdas": grid, **provenance(study.device, study.precision)}
     t = time.time()
-    try:
+    with failure_recorded(rec, f"lmc {name}", log):
         (W0, b0), (W1, b1) = ((W.double(), bias.double()) for W, bias in
                               (load_stitch(stitch_path(s.results_dir, r["run"])) for r in (a, b)))
         curves: dict[str, list] = {"relative_acc": [], "stitched_acc": [], "cross_entropy": []}
@@ -275,11 +271,6 @@ def _pair(study: Study, s: StudySettings, ctx: PairContext, net: StitchedNetwork
         rec.update(status="ok", **curves)
         log.info("lmc %s -> %s %s: relative accuracy %s", L, M, ptype,
                  " ".join("-" if v is None else f"{v:.2f}" for v in curves["relative_acc"]))
-    except (KeyboardInterrupt, ConfigError):
-        raise
-    except Exception as e:  # recorded, and the step goes on
-        log.error("lmc %s failed: %s", name, e)
-        rec.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
     rec["timings"] = {"eval_s": time.time() - t, "study_load_s": study.load_s}
     write_json(lmc_path(s.results_dir, name), rec)
     return rec

@@ -21,7 +21,6 @@ Positive correlations mean the index behaves as it should. One record per model 
 """
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import time
 from pathlib import Path
@@ -32,12 +31,11 @@ import torch
 from .. import probing as tests
 from ..errors import ConfigError
 from ..fileio import check_writable_dir, write_json
-from ..hardware import hardware_name
 from ..matrices import similarity_matrices
 from ..results import load_records
 from ..settings import StudySettings, study_settings
 from ..stitching import build_stitching_layer
-from ..version import code_version
+from ..provenance import now, provenance
 from .assembly import Study
 
 log = logging.getLogger(__name__)
@@ -99,12 +97,12 @@ def _tlm_accuracy(study: Study, layer: str, target: str, epochs: int, lr: float,
 
 def _sensitivity(study: Study, s: StudySettings, layer: str, target: str) -> dict:
     p = s.probing
-    m1, m2, dm = study.model1.net, study.model2.net, study.data
+    m1, m2, datamodule = study.model1.net, study.model2.net, study.data
     dev = study.device
     with torch.no_grad():
-        tr, ytr = tests.collect_activations(m1, dm, [layer], "train", p.train_limit, dev, pooled=False)
-        te, yte = tests.collect_activations(m1, dm, [layer], "test", p.test_limit, dev, pooled=False)
-        b_tr = tests.collect_activations(m2, dm, [target], "train", p.train_limit, dev, pooled=False)[0][target]
+        tr, ytr = tests.collect_activations(m1, datamodule, [layer], "train", p.train_limit, dev, pooled=False)
+        te, yte = tests.collect_activations(m1, datamodule, [layer], "test", p.test_limit, dev, pooled=False)
+        b_tr = tests.collect_activations(m2, datamodule, [target], "train", p.train_limit, dev, pooled=False)[0][target]
     a_tr, a_te = tr[layer], te[layer]
     c = a_tr.shape[1]
     ks = sorted({int(round(k)) for k in np.linspace(0, c - 1, p.levels)})
@@ -155,9 +153,8 @@ def run_probing(cfg: dict | StudySettings) -> dict:
     rec = {"study": s.study, "model1": study.model1.summary(), "model2": study.model2.summary(),
            "self_stitch": study.self_stitch, "data": s.data.name, "records": len(records),
            "probe_acc_model1": probe1, "probe_acc_model2": probe2, "specificity": specificity,
-           "sensitivity": sensitivity, "settings": s.probing.as_dict(), "code_version": code_version(),
-           "hardware": hardware_name(study.device), "seconds": time.time() - t0,
-           "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+           "sensitivity": sensitivity, "settings": s.probing.as_dict(), **provenance(study.device),
+           "seconds": time.time() - t0, "finished": now()}
     write_json(probing_path(s.results_dir, study), rec)
     return rec
 

@@ -12,14 +12,12 @@ import hashlib
 import json
 import os
 import re
-import socket
 from pathlib import Path
 
 from .. import store
+from ..provenance import HOST
 from ..results import read_record
 from ..settings import StudySettings
-
-HOST = socket.gethostname()
 
 
 def run_identity(s: StudySettings, L: str, M: str, method: str) -> tuple[str, dict]:
@@ -27,7 +25,7 @@ def run_identity(s: StudySettings, L: str, M: str, method: str) -> tuple[str, di
     semantic = s.identity()
     semantic.update(layer=L, target_layer=M, method=method, method_config=s.method[method].identity())
     h = hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    tag = lambda m: store.DonorKey.make(s.data.name, m.name, m.seed, m.options).tag  # noqa: E731
+    tag = lambda m: store.DonorKey.of(m, s.data.name).tag  # noqa: E731
     slug = (f"{tag(s.model1)}.s{s.model1.seed}.{L}--{tag(s.model2)}.s{s.model2.seed}.{M}"
             f"--{method}.seed{s.seed}-{h}")
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", slug), semantic

@@ -19,25 +19,21 @@ stderr is not a terminal). Neither is part of a run's identity.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import logging
-import os
 import time
-import traceback
 
 from .. import claims
-from ..errors import ConfigError
 from ..evaluation import evaluate
 from ..fileio import check_writable_dir, save_torch, write_json
-from ..hardware import hardware_name, peak_memory_gb
+from ..hardware import peak_memory_gb
 from ..matching.fitting import PairContext, fit
 from ..progress import StudyProgress
 from ..results import read_record
 from ..settings import LoggerSettings, StudySettings, study_settings
 from ..supervisor import crashed_runs, launcher_pid, mark_run
-from ..version import code_version
 from .assembly import Study
-from .records import HOST, done_before, finished, record_path, run_identity, stitch_path
+from ..provenance import failure_recorded, provenance
+from .records import done_before, finished, record_path, run_identity, stitch_path
 
 log = logging.getLogger(__name__)
 
@@ -114,25 +110,16 @@ def _run(study: Study, ctx: PairContext, name: str, progress: StudyProgress, wan
             return done
         rec = {**head, "data": s.data.name, "model1": {**s.model1.as_dict(), **study.model1.summary()},
                "model2": {**s.model2.as_dict(), **study.model2.summary()}, "self_stitch": study.self_stitch,
-               "config": semantic, "code_version": code_version(), "device": str(study.device),
-               "precision": study.precision, "hardware": hardware_name(study.device), "host": HOST, "pid": os.getpid(),
-               "launcher_pid": launcher_pid(),
-               "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "warnings": []}
+               "config": semantic, **provenance(study.device, study.precision), "launcher_pid": launcher_pid(),
+               "warnings": []}
         mark_run({"record_path": str(record_path(s.results_dir, slug)), "claim_path": str(claim.path), "head": rec})
         run_progress = progress.start(label)
         wb = _open_wandb(wandb_cfg, slug, semantic, name)
         t = time.time()
-        try:
+        with failure_recorded(rec, f"run {slug}", log,
+                              on_abort=lambda: wb is not None and wb.finish(exit_code=1, quiet=True)):
             rec.update(_fit_and_evaluate(study, ctx, name, slug, run_progress, wb))
-            rec["timings"]["run_s"] = time.time() - t
-        except (KeyboardInterrupt, ConfigError):
-            if wb is not None:
-                wb.finish(exit_code=1, quiet=True)
-            raise
-        except Exception as e:  # recorded, and the study goes on
-            log.error("run %s failed: %s", slug, e)
-            rec.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(),
-                       timings={"run_s": time.time() - t})
+        rec.setdefault("timings", {})["run_s"] = time.time() - t
         rec["timings"]["study_load_s"] = study.load_s
         rec["timings"]["peak_rss_gb"] = round(peak_memory_gb(), 3)  # the process's, so far (a study's peak is its last)
         if wb is not None:
@@ -164,7 +151,7 @@ def _fit_and_evaluate(study: Study, ctx: PairContext, name: str, slug: str, run_
     if s.ood.enabled:
         from ..ood import ood_scores
 
-        ood = ood_scores(net, ctx.source, study.model2.key, s.ood.as_dict(), s.data.as_dict(), s.store, study.data,
+        ood = ood_scores(net, ctx.source, study.model2.key, s.ood, s.data, s.store, study.data,
                          cache=study.ood_cache)
         metrics.update(ood["metrics"])
         out["ood_energies"] = ood["energies"]

@@ -21,7 +21,10 @@ def method_label(method: str, variant: str | None = None) -> str:
 
 
 def model_tag(model: dict) -> str | None:
-    """The architecture tag of a record's donor (``tiny10-padding=none``), from its store key
-    ``<data>/<tag>/<seed or name>``; its family name when the key is absent."""
+    """The architecture tag of a record's donor (``tiny10-padding=none``, ``store.DonorKey.tag``): recorded
+    with the donor; records written before it was are read from their store key ``<data>/<tag>/<seed or
+    name>``; the family name when neither is there."""
+    if model.get("tag"):
+        return model["tag"]
     key = model.get("key")
     return key.split("/")[1] if isinstance(key, str) and key.count("/") == 2 else model.get("name")
