@@ -22,6 +22,15 @@ from .figure_checks import assert_real_figure, kept_figures, panels  # noqa: F40
 TINY = [f"layer{i}" for i in range(1, 9)]
 
 
+@pytest.fixture(autouse=True)
+def _close_kept_figures():
+    """Figures kept open for inspection (FigureContext.keep) are closed after each test."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 def rec(run, layer, method="tlm", variant=None, seed=0, m1=0, m2=1, model="tiny10", options=None, target=None,
         mcfg=None, metrics=None, history=None, fit=None, stitch_file=None, status="ok", extra_cfg=None):
     options = options or ({"padding": "kornblith"} if model == "tiny10" else {})
