@@ -87,7 +87,7 @@ def train_donor(t: TrainSettings) -> dict:
     callbacks: list = [checkpointing.LastCheckpoint(ckpt_dir)]
     if not trainer_kwargs["enable_progress_bar"]:  # output goes to a file: a line per epoch instead of the bar
         callbacks.append(EpochLines(str(key), epochs))
-    trainer = pl.Trainer(max_epochs=epochs, logger=lightning_logger(t.logger.resolved(), name=str(key).replace("/", "_"),
+    trainer = pl.Trainer(max_epochs=epochs, logger=lightning_logger(t.logger, name=str(key).replace("/", "_"),
                                                                    config=config),
                          enable_checkpointing=True, callbacks=callbacks,
                          enable_model_summary=False, **trainer_kwargs)

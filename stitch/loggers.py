@@ -18,8 +18,11 @@ import netrc
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from .settings import LoggerSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +45,25 @@ def wandb_mode(requested: str | None) -> str:
     return "offline"
 
 
-def check_target(cfg: dict[str, Any] | None) -> tuple[str, int] | None:
+def logger_settings(cfg: LoggerSettings | dict[str, Any] | None) -> LoggerSettings:
+    """The typed logger settings (``conf/logger/*.yaml``); a dict is checked, unset keys take
+    ``LoggerSettings``' defaults (the one place they live), None is no logger."""
+    from .settings import LoggerSettings, Problems, _raise
+
+    if isinstance(cfg, LoggerSettings):
+        return cfg
+    problems = Problems()
+    s = LoggerSettings.parse(cfg or {"name": "none"}, "logger.", problems)
+    _raise(problems)
+    return s
+
+
+def check_target(cfg: LoggerSettings | dict[str, Any] | None) -> tuple[str, int] | None:
     """The (host, port) the connectivity check connects to; None: no check.
 
     ``check_host``: ``auto`` (``WANDB_BASE_URL``, else api.wandb.ai:443), ``host:port``, or
     ``none``/null/false to skip the check."""
-    spec = (cfg or {}).get("check_host", "auto")
+    spec = logger_settings(cfg).check_host
     if spec in (None, False, "none", "off", ""):
         return None
     if spec == "auto":
@@ -67,13 +83,13 @@ def reachable(host: str, port: int, timeout_s: float = DEFAULT_CHECK_TIMEOUT_S) 
         return False
 
 
-def check_wandb_installed(cfg: dict[str, Any] | None, where: str = "logger") -> None:
+def check_wandb_installed(cfg: LoggerSettings | dict[str, Any] | None, where: str = "logger") -> None:
     """``logger=wandb`` (any mode but disabled) without the package: a ConfigError before any work,
     instead of a whole study that logs nothing with a warning per run."""
     import importlib.util
 
-    cfg = cfg or {}
-    if cfg.get("name") != "wandb" or "disabled" in (wandb_mode(cfg.get("mode")), os.environ.get("WANDB_MODE")):
+    s = logger_settings(cfg)
+    if s.name != "wandb" or "disabled" in (wandb_mode(s.mode), os.environ.get("WANDB_MODE")):
         return
     if importlib.util.find_spec("wandb") is None:
         from .errors import ConfigError
@@ -82,18 +98,18 @@ def check_wandb_installed(cfg: dict[str, Any] | None, where: str = "logger") -> 
                           f"pip install -e '.[wandb]'), or use {where}=none or {where}=csv")
 
 
-def decide_wandb_mode(cfg: dict[str, Any] | None) -> tuple[str, str | None]:
+def decide_wandb_mode(cfg: LoggerSettings | dict[str, Any] | None) -> tuple[str, str | None]:
     """(mode, warning): the requested/auto mode, or ``offline`` when online is unreachable.
 
     Decided once per process for each setting (a sweep's jobs in one process check once)."""
-    cfg = cfg or {}
-    mode = wandb_mode(cfg.get("mode"))
+    s = logger_settings(cfg)
+    mode = wandb_mode(s.mode)
     if mode != "online":
         return mode, None
-    target = check_target(cfg)
+    target = check_target(s)
     if target is None:
         return mode, None
-    timeout = float(cfg.get("check_timeout_s") or DEFAULT_CHECK_TIMEOUT_S)
+    timeout = float(s.check_timeout_s)
     key = (mode, *target, timeout)
     if key not in _decided:
         if reachable(*target, timeout):
@@ -106,12 +122,13 @@ def decide_wandb_mode(cfg: dict[str, Any] | None) -> tuple[str, str | None]:
     return _decided[key]
 
 
-def lightning_logger(cfg: dict[str, Any] | None, name: str, config: dict | None = None):
-    """A Lightning logger from a ``conf/logger/*.yaml`` dict (False for none)."""
-    kind = (cfg or {}).get("name", "none")
+def lightning_logger(cfg: LoggerSettings | dict[str, Any] | None, name: str, config: dict | None = None):
+    """A Lightning logger from the logger settings (False for none)."""
+    s = logger_settings(cfg)
+    kind = s.name
     if kind == "none":
         return False
-    save_dir = Path(cfg.get("save_dir") or "outputs")
+    save_dir = Path(s.save_dir or "outputs")
     if kind == "csv":
         from pytorch_lightning.loggers import CSVLogger
 
@@ -120,10 +137,9 @@ def lightning_logger(cfg: dict[str, Any] | None, name: str, config: dict | None 
         from pytorch_lightning.loggers import WandbLogger
 
         os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
-        mode, _ = decide_wandb_mode(cfg)
-        return WandbLogger(project=cfg.get("project", "model-stitching"), entity=cfg.get("entity"),
-                           group=cfg.get("group"), name=name, save_dir=str(save_dir), tags=list(cfg.get("tags") or []),
-                           mode=mode, config=config)
+        mode, _ = decide_wandb_mode(s)
+        return WandbLogger(project=s.project, entity=s.entity, group=s.group, name=name, save_dir=str(save_dir),
+                           tags=list(s.tags or []), mode=mode, config=config)
     raise ValueError(f"unknown logger {kind!r}; use csv, wandb or none")
 
 
@@ -133,11 +149,13 @@ class WandbRun:
     A failure of wandb (not installed, init, log, finish) is logged once as a warning and kept
     in ``warnings``; the run then does nothing more (``active`` is False)."""
 
-    def __init__(self, cfg: dict[str, Any], name: str, config: dict | None = None, job_type: str = "stitch"):
+    def __init__(self, cfg: LoggerSettings | dict[str, Any], name: str, config: dict | None = None,
+                 job_type: str = "stitch"):
         self.warnings: list[str] = []
         self.wandb = None
         self.run = None
-        mode, note = decide_wandb_mode(cfg)
+        s = logger_settings(cfg)
+        mode, note = decide_wandb_mode(s)
         if note:
             self.warnings.append(note)
         try:
@@ -145,9 +163,9 @@ class WandbRun:
 
             self.wandb = wandb
             os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
-            self.run = wandb.init(project=cfg.get("project", "model-stitching"), entity=cfg.get("entity"),
-                                  group=cfg.get("group"), name=name, dir=str(cfg.get("save_dir") or "outputs"),
-                                  tags=list(cfg.get("tags") or []), mode=mode, config=config, job_type=job_type,
+            self.run = wandb.init(project=s.project, entity=s.entity, group=s.group, name=name,
+                                  dir=str(s.save_dir or "outputs"), tags=list(s.tags or []), mode=mode, config=config,
+                                  job_type=job_type,
                                   reinit="finish_previous")
         except Exception as e:  # noqa: BLE001 - W&B must never stop the work it records
             self._failed("init", e)

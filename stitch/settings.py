@@ -208,20 +208,6 @@ class Section:
         drop = {f.name for f in fields(self) if f.metadata.get("id_only")}
         return {k: v for k, v in self.identity().items() if k not in drop}
 
-    def resolved(self) -> dict:
-        """Every setting with its value or this section's default (the one place defaults live), as a plain
-        dict for code that takes keyword options; keys whose default belongs to the consumer (``ABSENT``, e.g.
-        a data set's own batch size) are left out unless set."""
-        out = {}
-        for f in fields(self):
-            if f.metadata.get("internal"):
-                continue
-            v = getattr(self, f.name)
-            if v is ABSENT:
-                continue
-            out[f.name] = v.resolved() if isinstance(v, Section) else v
-        return out
-
     def as_dict(self) -> dict:
         """The settings the config sets, as a plain dict (for the data and store factories)."""
         return {f.name: (getattr(self, f.name).as_dict() if isinstance(getattr(self, f.name), Section)
@@ -540,7 +526,7 @@ class LoggerSettings(Section):
     check_host: str = setting(TEXT, "auto")
     check_timeout_s: float = setting(POSITIVE, 2.0)
     save_dir: str = setting(TEXT, None)
-    tags: list = setting(Rule(lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v),
+    tags: list = setting(Rule(lambda v: isinstance(v, (list, tuple)) and all(isinstance(t, str) for t in v),
                               "a list of strings"), ())
 
 

@@ -18,7 +18,7 @@ def train(cfg: DictConfig) -> int:
     _check_accelerator(t.trainer_args)
     from stitch.loggers import check_wandb_installed
 
-    check_wandb_installed(t.logger.resolved())
+    check_wandb_installed(t.logger)
     from stitch.donors import train_donor  # after the check: a typo fails before Lightning loads (seconds)
 
     train_donor(t)
