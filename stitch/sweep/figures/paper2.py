@@ -213,7 +213,10 @@ def p2_probing(ctx: FigureContext) -> list[Path]:
         ax.bar(x + 0.2, sens_mean, 0.4, color=DM_COLOR, yerr=[sens_lo, sens_hi], capsize=2,
                label=f"sensitivity (PC deletion, mean over {len(rec['sensitivity'])} layers; bars: range)")
         ax.axhline(0, color="0.3", lw=0.8)
-        ax.set_xticks(x, [textwrap.fill(n, 14) for n in names], fontsize=7)
+        # the records name the stitching indices by method ("dm relative accuracy"): as the other figures do
+        shown = [("DM" + n[2:]) if n.startswith("dm ") else ("TLM" + n[3:]) if n.startswith("tlm ") else n
+                 for n in names]
+        ax.set_xticks(x, [textwrap.fill(n, 14) for n in shown], fontsize=7)
         ax.set_ylim(-1, 1)
         ax.set_ylabel("Spearman ρ with |Δ probe accuracy|  (higher: better)")
         m1, m2 = rec["model1"]["key"], rec["model2"]["key"]
