@@ -27,7 +27,6 @@ plain forward reaches in isolation on this CPU (the "conv rate").
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
 import sys
@@ -202,7 +201,7 @@ def main(argv=None) -> None:
         for m in frank.models:
             m.eval_mode()  # as its Trainer.train(freeze_bn=True) leaves them
         loader = torch.utils.data.DataLoader(
-            state_get(state, "train"), batch_size=args.batch_size, shuffle=True, num_workers=0, drop_last=True,
+            sys.modules["src.dataset"].get_datasets("cifar10")["train"], batch_size=args.batch_size, shuffle=True, num_workers=0, drop_last=True,
             generator=torch.Generator().manual_seed(0))
         batches = iter(loader)
 
@@ -217,7 +216,6 @@ def main(argv=None) -> None:
             tlm_step(ph, datamodule, xb, m1, m2, s, opt, layer, None, g)
 
         def theirs_step(ph):
-            nonlocal batches
             with ph("data (DataLoader, per-image transforms)"):
                 x, y = next(batches)
             with ph("step (front, end with hook, soft labels, backward, Adam)"):
@@ -276,12 +274,5 @@ def main(argv=None) -> None:
           f"(ours at {100 * g_o * 1e9 / rate:.0f}% of it, released at {100 * g_t * 1e9 / rate:.0f}%)")
 
 
-def state_get(state, split):
-    import src.dataset as rdata
-
-    return rdata.get_datasets("cifar10")[split]
-
-
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        main()
+    main()
