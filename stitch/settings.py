@@ -23,9 +23,8 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar
 
-from . import similarity
 from .errors import ConfigError
-from .matching import KINDS
+from .method_names import DIRECT_MATCHING_KINDS, SIMILARITY_INDICES, is_similarity_index
 
 
 def did_you_mean(name: str, valid) -> str:
@@ -64,14 +63,8 @@ def _layer_names(v: Any) -> bool:
 
 
 def _similarity_names(v: Any) -> bool:
-    if not isinstance(v, list):
-        return False
-    try:
-        for name in v:
-            similarity.get(name)  # what evaluation.py looks the names up with
-    except ValueError:
-        return False
-    return True
+    # the lookup rule evaluation.py's similarity.get uses, without importing the compute code
+    return isinstance(v, list) and all(is_similarity_index(name) for name in v)
 
 
 INT = Rule(_int, "an integer")
@@ -321,7 +314,7 @@ class DMSettings(Section):
     title: ClassVar[str] = "DM settings"
     kind: str = setting(one_of("dm"), "dm")
     name: str | None = setting(TEXT, None)
-    solver: str = setting(one_of(*KINDS), "ls")
+    solver: str = setting(one_of(*DIRECT_MATCHING_KINDS), "ls")
     # added after records existed: solving on the training split stays out of the identity
     split: str = setting(one_of("train", "test"), "train", identity_default="train")
     samples: int | None = setting(or_null(POS_INT), None)
@@ -348,7 +341,7 @@ class CacheSettings(Section):
 @dataclass(frozen=True)
 class SimilaritySettings(Section):
     title: ClassVar[str] = "similarity settings"
-    indices: list = setting(Rule(_similarity_names, f"a list of: {', '.join(sorted(similarity.INDICES))}"), ())
+    indices: list = setting(Rule(_similarity_names, f"a list of: {', '.join(sorted(SIMILARITY_INDICES))}"), ())
     samples: int = setting(Rule(lambda v: _int(v) and v >= 4, "an integer >= 4"), 500)
     mode: str = setting(one_of("rows", "pooled", "flatten"), "rows")
     raw: bool = setting(BOOL, True)

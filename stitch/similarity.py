@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from .activations import ArrayLike, to_rows
+from .method_names import SIMILARITY_INDICES, similarity_index_key
 
 __all__ = [
     "SimilarityIndex",
@@ -512,7 +513,10 @@ def _make_indices() -> dict[str, SimilarityIndex]:
         SimilarityIndex("opd", opd, "distance", 0.0, True, **O_S_T_P, invariant_invertible_linear=False,
                         value_range=(0.0, 2.0), description="orthogonal Procrustes distance (Ding et al. 2021)"),
     ]
-    return {s.name: s for s in specs}
+    indices = {s.name: s for s in specs}
+    if tuple(indices) != SIMILARITY_INDICES:  # the settings layer checks names against that list, torch-free
+        raise ImportError(f"stitch.method_names.SIMILARITY_INDICES {SIMILARITY_INDICES} != implemented {tuple(indices)}")
+    return indices
 
 
 INDICES: dict[str, SimilarityIndex] = _make_indices()
@@ -520,9 +524,8 @@ INDICES: dict[str, SimilarityIndex] = _make_indices()
 
 def get(name: str) -> SimilarityIndex:
     """Look up an index by name (case-insensitive; '-' and '_' are interchangeable)."""
-    key = str(name).strip().lower().replace("-", "_")
     try:
-        return INDICES[key]
+        return INDICES[similarity_index_key(name)]
     except KeyError:
         raise ValueError(
             f"unknown similarity index {name!r}; valid names: {', '.join(sorted(INDICES))}"

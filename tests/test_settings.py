@@ -227,14 +227,26 @@ def test_the_ood_block_reports_all_its_problems_with_the_others(tmp_path):
 
 def test_settings_is_a_leaf_of_the_study():
     """The settings layer imports nothing of the study, the networks or the data (no import circle: the study
-    imports the settings); layer names are checked by the study (stitch/study/layer_checks.py)."""
+    imports the settings), nor torch (a spelling check costs no torch import: the index and solver names live
+    in stitch/method_names.py); layer names are checked by the study (stitch/study/layer_checks.py)."""
     import subprocess
     import sys
 
     code = ("import sys, stitch.settings; print(sorted(m for m in sys.modules if m.startswith(('stitch.study', "
-            "'stitch.models', 'stitch.data', 'stitch.ood'))))")
+            "'stitch.models', 'stitch.data', 'stitch.ood', 'torch', 'numpy'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_the_torch_free_name_lists_match_the_implementations():
+    """settings checks names against stitch.method_names; a new index or solver must be declared there too
+    (similarity.py refuses to import otherwise, and this test says so directly)."""
+    from stitch import method_names, similarity
+    from stitch.matching import KINDS
+
+    assert tuple(similarity.INDICES) == method_names.SIMILARITY_INDICES
+    assert KINDS == method_names.DIRECT_MATCHING_KINDS
+    assert method_names.is_similarity_index("CKA-debiased") and not method_names.is_similarity_index("ckaa")
 
 
 def test_a_missing_target_layer_is_reported_once_with_model_2_s_layers(tmp_path):

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ..errors import StitchError
+from ..method_names import DIRECT_MATCHING_KINDS
 
 __all__ = [
     "MatchingError",
@@ -54,7 +55,7 @@ __all__ = [
 ]
 
 _F64 = torch.float64
-KINDS = ("ls", "procrustes", "rank", "lasso")
+KINDS = DIRECT_MATCHING_KINDS  # declared torch-free for the settings layer
 
 # Default number of rows cast to float64 at once is chosen so a chunk holds about this many
 # elements (128 MiB in float64), which bounds peak memory independently of the batch size.

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_roc
 
 
 def _as_1d(x, name: str) -> torch.Tensor:
@@ -47,6 +46,9 @@ def ood_scores_metrics(score_in, score_out) -> dict[str, float]:
     Scores are "higher = more in-distribution" (use ``-energy``). Returns
     ``{"auroc", "aupr", "fpr95"}`` as floats.
     """
+    # imported here: torchmetrics takes seconds to import, and a config check reaches this package
+    from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_roc
+
     s_in, s_out = _as_1d(score_in, "in-distribution scores"), _as_1d(score_out, "OOD scores")
     scores = _ranks01(torch.cat([s_in, s_out]))
     target = torch.cat([torch.ones(len(s_in), dtype=torch.long), torch.zeros(len(s_out), dtype=torch.long)])
