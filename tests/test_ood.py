@@ -14,7 +14,7 @@ from stitch import data as data_lib
 from stitch import models, store
 from stitch.errors import ConfigError
 from stitch.features import FeatureSource
-from stitch.ood import (ActivationDetector, OODCache, detector_config, energy, energy_loss, energy_regularizer,
+from stitch.ood import (ActivationDetector, DetectorSupply, OODCache, detector_config, energy, energy_loss, energy_regularizer,
                         get_detector, ood_metrics, ood_scores_metrics, resolve_sanity_data, sanity_check, sanity_config,
                         stitch_energies, train_detector)
 from stitch.ood import registry
@@ -338,7 +338,7 @@ def test_detector_trains_caches_reloads_and_scores(tiny_setup, monkeypatch):
     dm, net, key, root = tiny_setup
     cache = OODCache()
     data_cfg = {"name": "synthetic"}
-    det, meta = get_detector(net, key, "layer3", dm, TINY, root, "cpu", data_cfg=data_cfg, cache=cache)
+    det, meta = get_detector(DetectorSupply(key, dm, TINY, data_cfg, root, cache), net, "layer3")
     assert meta["trained_now"] is True
     pt = Path(meta["path"])
     assert pt.is_file() and pt.with_suffix(".json").is_file()
@@ -357,14 +357,14 @@ def test_detector_trains_caches_reloads_and_scores(tiny_setup, monkeypatch):
     monkeypatch.setattr(registry, "_load", lambda *a: loads.append(a[0]) or load(*a))
 
     # the same cache: the very same detector, without reading the store
-    det_again, meta_again = get_detector(net, key, "layer3", dm, TINY, root, "cpu", data_cfg=data_cfg, cache=cache)
+    det_again, meta_again = get_detector(DetectorSupply(key, dm, TINY, data_cfg, root, cache), net, "layer3")
     assert det_again is det and meta_again["trained_now"] is False and meta_again["path"] == meta["path"]
     assert loads == []
     # a fresh cache, or none, shares nothing: the detector is read from the store (not retrained)
-    det2, meta2 = get_detector(net, key, "layer3", dm, TINY, root, "cpu", data_cfg=data_cfg, cache=OODCache())
+    det2, meta2 = get_detector(DetectorSupply(key, dm, TINY, data_cfg, root, OODCache()), net, "layer3")
     assert det2 is not det and meta2["trained_now"] is False and meta2["sanity_auroc"] == meta["sanity_auroc"]
     assert loads == [pt]
-    det3, meta3 = get_detector(net, key, "layer3", dm, TINY, root, "cpu", data_cfg=data_cfg)
+    det3, meta3 = get_detector(DetectorSupply(key, dm, TINY, data_cfg, root), net, "layer3")
     assert det3 is not det2 and meta3["trained_now"] is False and loads == [pt, pt]
     h = net.forward_to(next(dm.batches("test", 16))[0], "layer3")
     with torch.no_grad():
@@ -377,7 +377,7 @@ def test_detector_trains_caches_reloads_and_scores(tiny_setup, monkeypatch):
     layer.set_identity()
     stitched = StitchedNetwork(net, net, "layer3", "layer3", layer)
     source = FeatureSource(net, net, "layer3", "layer3", dm, torch.device("cpu"))
-    m = ood_metrics(stitched, source, key, TINY, data_cfg, str(root), dm, cache=cache)
+    m = ood_metrics(stitched, source, DetectorSupply(key, dm, TINY, data_cfg, str(root), cache))
     assert m["ood/auroc"] == pytest.approx(0.5, abs=1e-6)
     assert m["ood/energy_in_mean"] == pytest.approx(m["ood/energy_stitched_mean"], abs=1e-4)
     for k in ("ood/aupr", "ood/fpr95", "ood/detector_acc", "ood/sanity_auroc", "ood/samples"):
@@ -386,7 +386,7 @@ def test_detector_trains_caches_reloads_and_scores(tiny_setup, monkeypatch):
     # a badly scaled stitch is scored too (values in range; no claim on a barely trained detector)
     with torch.no_grad():
         layer.weight.mul_(25.0)
-    m2 = ood_metrics(stitched, source, key, TINY, data_cfg, str(root), dm, cache=cache)
+    m2 = ood_metrics(stitched, source, DetectorSupply(key, dm, TINY, data_cfg, str(root), cache))
     assert 0.0 <= m2["ood/auroc"] <= 1.0 and m2["ood/energy_stitched_mean"] != m["ood/energy_stitched_mean"]
     assert m2["ood/energy_in_mean"] == m["ood/energy_in_mean"]  # B is the same: the same energies
     assert loads == [pt, pt]  # the study's cache served the detector to both runs
@@ -399,7 +399,7 @@ def test_in_distribution_energies_are_computed_once_per_cache(tiny_setup):
     """B's energies depend on (detector, model 2, layer, split) only: one cache computes them once for all
     stitches; another cache, or none, recomputes them."""
     dm, net, key, root = tiny_setup
-    det, _ = get_detector(net, key, "layer3", dm, TINY, root, "cpu", data_cfg={"name": "synthetic"})
+    det, _ = get_detector(DetectorSupply(key, dm, TINY, {"name": "synthetic"}, root), net, "layer3")
     batch_sizes: list[int] = []  # one entry per detector forward call
     det.register_forward_pre_hook(lambda module, args: batch_sizes.append(len(args[0])))
     shape = net.layer_shapes(dm.input_shape)["layer3"]
@@ -447,17 +447,17 @@ def test_in_distribution_energies_are_computed_once_per_cache(tiny_setup):
 def test_changed_config_gets_its_own_detector(tiny_setup):
     dm, net, key, root = tiny_setup
     other = {**TINY, "energy": {"epochs": 1, "m_out": -6.0}}
-    _, meta = get_detector(net, key, "layer8", dm, other, root, "cpu")
-    _, meta_b = get_detector(net, key, "layer8", dm, {**other, "sanity": {"samples": 40}}, root, "cpu")
+    _, meta = get_detector(DetectorSupply(key, dm, other, store_root=root), net, "layer8")
+    _, meta_b = get_detector(DetectorSupply(key, dm, {**other, "sanity": {"samples": 40}}, store_root=root), net, "layer8")
     assert meta["path"] == meta_b["path"]  # the sanity settings do not retrain ...
     assert len(meta_b["sanity"]) == 2      # ... they add a second sanity result
-    _, meta_c = get_detector(net, key, "layer8", dm, TINY, root, "cpu")
+    _, meta_c = get_detector(DetectorSupply(key, dm, TINY, store_root=root), net, "layer8")
     assert meta_c["path"] != meta["path"]
 
 
 def test_sanity_check_function(tiny_setup):
     dm, net, key, root = tiny_setup
-    det, _ = get_detector(net, key, "layer3", dm, TINY, root, "cpu")
+    det, _ = get_detector(DetectorSupply(key, dm, TINY, store_root=root), net, "layer3")
     r = sanity_check(det, net, "layer3", dm, {"name": "digits"}, samples=32)
     assert r["data"] == "digits" and 0.0 <= r["auroc"] <= 1.0 and r["samples_out"] == 32
     assert resolve_sanity_data("digits", {"data": "auto"}) == {"name": "synthetic"}

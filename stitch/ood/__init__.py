@@ -26,14 +26,14 @@ from .cache import OODCache
 from .energy import energy, energy_loss, energy_regularizer, energy_score
 from .networks import ActivationDetector
 from .outliers import OutlierSampler
-from .registry import detector_path, get_detector
+from .registry import DetectorSupply, detector_path, get_detector
 from .sanity import resolve_sanity_data, sanity_check
 from .scoring import energy_summary, ood_scores_metrics
 from .settings import DetectorConfig, detector_config, sanity_config
 from .stitched import ood_metrics, ood_scores, stitch_energies
 from .training import train_detector
 
-__all__ = ["ActivationDetector", "DetectorConfig", "OODCache", "OutlierSampler", "detector_config", "detector_path",
+__all__ = ["ActivationDetector", "DetectorConfig", "DetectorSupply", "OODCache", "OutlierSampler", "detector_config", "detector_path",
            "energy", "energy_loss", "energy_regularizer", "energy_score", "energy_summary", "get_detector",
            "ood_metrics", "ood_scores", "ood_scores_metrics", "resolve_sanity_data", "sanity_check", "sanity_config",
            "stitch_energies", "train_detector"]

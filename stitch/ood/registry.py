@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ from ..settings import DataSpec, OODSettings, Problems, _raise
 from .cache import OODCache
 from .networks import ActivationDetector
 from .sanity import ensure_sanity
-from .settings import DetectorConfig, detector_config, sanity_config
+from .settings import DetectorConfig, detector_config, ood_settings, sanity_config
 from .training import train_detector
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,31 @@ def detector_path(key2: store.DonorKey, layer: str, digest: str, root: str | Pat
     return key2.directory(root) / "ood" / f"{layer}-{digest}.pt"
 
 
+@dataclass(frozen=True)
+class DetectorSupply:
+    """Where the detectors of model 2's layers come from, for one study (every run shares one).
+
+    ``donor`` is model 2's key in the model store ``store_root``; ``ood`` (the ``ood:`` block) and ``data``
+    (the ``data:`` block) are part of each detector's identity; ``datamodule`` is what a missing detector
+    trains on; ``cache`` keeps loaded detectors and in-distribution energies in memory (None: every call
+    reads the store). A dict for ``ood`` or ``data`` is checked and typed once, here.
+    """
+    donor: store.DonorKey
+    datamodule: ImageDataModule
+    ood: OODSettings
+    data: DataSpec | None = None
+    store_root: str | Path | None = None
+    cache: OODCache | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "ood", ood_settings(self.ood))
+        if isinstance(self.data, dict):
+            problems = Problems()
+            data = DataSpec.parse(self.data, "data.", problems)
+            _raise(problems)
+            object.__setattr__(self, "data", data)
+
+
 def _load(path: Path, meta: dict, device) -> ActivationDetector | None:
     cfg = DetectorConfig.from_dict(meta["config"])
     det = ActivationDetector(tuple(meta["act_shape"]), meta["num_classes"], cfg, tuple(meta["image_size"]),
@@ -74,23 +100,21 @@ def _load(path: Path, meta: dict, device) -> ActivationDetector | None:
     return det.to(device).eval()
 
 
-def get_detector(model2: models.StitchableNetwork, key2: store.DonorKey, layer: str, datamodule: ImageDataModule,
-                 ood_cfg: OODSettings | dict | None, store_root: str | Path | None = None, device: torch.device | str = "cpu",
-                 data_cfg: DataSpec | dict | None = None, cache: OODCache | None = None,
-                 retrain: bool = False) -> tuple[ActivationDetector, dict]:
-    """The detector for (model 2, ``layer``): from ``cache``, the model store, or trained now.
+def get_detector(supply: DetectorSupply, model2: models.StitchableNetwork, layer: str,
+                 device: torch.device | str = "cpu", retrain: bool = False) -> tuple[ActivationDetector, dict]:
+    """The detector for (model 2, ``layer``): from the supply's cache, its model store, or trained now.
 
     A freshly trained detector is saved atomically (state dict, then the meta json,
     whose presence marks a complete entry) together with its sanity check, and kept
-    in ``cache`` (None: nothing is reused, every call reads the store). Returns
-    (detector in eval mode on ``device``, meta dict with ``path``, ``trained_now``).
+    in the cache. Returns (detector in eval mode on ``device``, meta dict with ``path``, ``trained_now``).
     """
+    key2, store_root, datamodule, cache = supply.donor, supply.store_root, supply.datamodule, supply.cache
     layer = model2.check_layer(layer)  # an alias (layer3) and its canonical name (relu3) share one detector
-    cfg = detector_config(ood_cfg)
-    sanity_spec = sanity_config(ood_cfg)
+    cfg = detector_config(supply.ood)
+    sanity_spec = sanity_config(supply.ood)
     device = torch.device(device)
     donor_sha = store.load_meta(key2, store_root).get("sha256") if store.exists(key2, store_root) else None
-    digest, ident = detector_identity(cfg, key2, donor_sha, layer, data_cfg, datamodule.input_shape)
+    digest, ident = detector_identity(cfg, key2, donor_sha, layer, supply.data, datamodule.input_shape)
     path = detector_path(key2, layer, digest, store_root)
     meta_path = path.with_suffix(".json")
     det = None

@@ -3,7 +3,6 @@ layer-M activations B against those on the stitched ones S(A), for the same imag
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
@@ -11,10 +10,8 @@ from ..features import FeatureSource, autocast
 from ..stitching import StitchedNetwork
 from .cache import OODCache
 from .networks import ActivationDetector, prediction_accuracy
-from .registry import get_detector
+from .registry import DetectorSupply, get_detector
 from .scoring import PERCENTILES, energy_percentiles, energy_summary, ood_scores_metrics
-from ..settings import DataSpec, OODSettings
-from .settings import ood_settings
 
 
 @torch.no_grad()
@@ -51,23 +48,16 @@ def stitch_energies(net: StitchedNetwork, source: FeatureSource, detector: Activ
             "y": torch.cat(ys)}
 
 
-def ood_metrics(net: StitchedNetwork, source: FeatureSource, key2, ood_cfg: OODSettings | dict | None,
-                data_cfg: DataSpec | dict | None,
-                store_root: str | Path | None, datamodule, cache: OODCache | None = None) -> dict[str, float | None]:
+def ood_metrics(net: StitchedNetwork, source: FeatureSource, detectors: DetectorSupply) -> dict[str, float | None]:
     """The ``ood/*`` metrics of :func:`ood_scores` (scalars only)."""
-    return ood_scores(net, source, key2, ood_cfg, data_cfg, store_root, datamodule, cache)["metrics"]
+    return ood_scores(net, source, detectors)["metrics"]
 
 
-def ood_scores(net: StitchedNetwork, source: FeatureSource, key2, ood_cfg: OODSettings | dict | None,
-               data_cfg: DataSpec | dict | None,
-               store_root: str | Path | None, datamodule, cache: OODCache | None = None) -> dict:
+def ood_scores(net: StitchedNetwork, source: FeatureSource, detectors: DetectorSupply) -> dict:
     """Paper 2's OOD score of one stitched network, for its result record: ``{"metrics", "energies"}``.
 
-    ``ood_cfg`` is the study's ``ood:`` block, ``data_cfg`` its ``data:`` block (part
-    of the detector's identity), ``store_root`` the model store, ``key2`` model 2's
-    :class:`~stitch.store.DonorKey` and ``datamodule`` the study's data module. The detector
-    for (model 2, target layer) is taken from ``cache``, loaded from the model store
-    or trained there once. ``metrics`` (scalars, the record's ``metrics``):
+    The detector for (model 2, target layer) comes from ``detectors`` (the study's: its cache, its
+    model store, or trained there once). ``metrics`` (scalars, the record's ``metrics``):
 
     * ``ood/auroc``, ``ood/aupr``, ``ood/fpr95``: in-distribution (model 2's own
       activations) positive, score = -energy;
@@ -84,12 +74,11 @@ def ood_scores(net: StitchedNetwork, source: FeatureSource, key2, ood_cfg: OODSe
     of the detector's energies on model 2's own activations (``in``), on the stitched ones
     (``stitched``) and on the sanity set (``sanity``, named by ``sanity_data``).
     """
-    ood_cfg = ood_settings(ood_cfg)  # typed once (a study passes its own)
+    ood_cfg = detectors.ood
     t0 = time.time()
-    detector, meta = get_detector(net.back, key2, net.target_layer, datamodule, ood_cfg, store_root, source.device,
-                                  data_cfg=data_cfg, cache=cache)
+    detector, meta = get_detector(detectors, net.back, net.target_layer, source.device)
     setup_s = time.time() - t0  # training (and checking) the detector when this run is the first to need it
-    r = stitch_energies(net, source, detector, ood_cfg.split, cache)
+    r = stitch_energies(net, source, detector, ood_cfg.split, detectors.cache)
     m = ood_scores_metrics(-r["in"], -r["stitched"])
     out: dict[str, float | None] = {f"ood/{k}": v for k, v in m.items()}
     for name, e in (("energy_in", r["in"]), ("energy_stitched", r["stitched"])):

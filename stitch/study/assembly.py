@@ -151,7 +151,7 @@ class Study:
     cache: ActivationCache | None
     cache_dtype: torch.dtype
     load_s: float = 0.0
-    ood_cache: Any = None  # stitch.ood.OODCache (ood.enabled): detectors and in-distribution energies of the study
+    detectors: Any = None  # stitch.ood.DetectorSupply (ood.enabled): model 2's detectors, kept in memory for the study
 
     @classmethod
     def assemble(cls, s: StudySettings, *, pairs: list[tuple[str, str]] | None = None) -> Study:
@@ -179,13 +179,13 @@ class Study:
             build_stitching_layer(d1.net.layer_shapes(data.input_shape)[L], d2.net.layer_shapes(data.input_shape)[M])
         _fast_path(d1, d2, pairs, fold=s.fold_batchnorm, channels_last=s.channels_last)
         cache = ActivationCache(cache_budget_bytes(s.cache, device)) if s.cache.enabled else None
-        ood_cache = None
+        detectors = None
         if s.ood.enabled:
-            from ..ood import OODCache
+            from ..ood import DetectorSupply, OODCache
 
-            ood_cache = OODCache()
+            detectors = DetectorSupply(d2.key, data, s.ood, s.data, s.store, OODCache())
         return cls(s, device, precision, data, d1, d2, list(pairs), cache, resolve_cache_dtype(s.cache.dtype, device),
-                   load_s=time.time() - t0, ood_cache=ood_cache)
+                   load_s=time.time() - t0, detectors=detectors)
 
     @property
     def self_stitch(self) -> bool:

@@ -151,8 +151,7 @@ def _fit_and_evaluate(study: Study, ctx: PairContext, name: str, slug: str, run_
     if s.ood.enabled:
         from ..ood import ood_scores
 
-        ood = ood_scores(net, ctx.source, study.model2.key, s.ood, s.data, s.store, study.data,
-                         cache=study.ood_cache)
+        ood = ood_scores(net, ctx.source, study.detectors)
         metrics.update(ood["metrics"])
         out["ood_energies"] = ood["energies"]
         one_off_s = ood.get("detector_trained_s", 0.0)  # the first run into a target trains its detector
