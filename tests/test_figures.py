@@ -336,6 +336,8 @@ def test_smoke_experiment_runs_and_draws(study, smoke_store, tmp_path, kept_figu
     name = study
     if study != "p2_fig3":  # (runs on Tiny-10 here, see SHRINK)
         assert FIGURES[name].applies(c.runs), f"{name}: the smoke records do not have the figure's data"
+        # the contract between the record writer and the figure: every column it declares is in real records
+        assert FIGURES[name].missing_columns(c.runs) == [], f"{name}: records lack columns the figure reads"
     out = tmp_path / "fig"
     assert run_sweep({"inputs": [str(results)], "figures": [name], "out": str(out), "formats": ["png"],
                       "strict": study != "p2_fig3"}) == 0
@@ -355,6 +357,21 @@ def test_p2_fig3_smoke_network_is_same_size():
     net = models.build("resnet18", num_classes=10, **cfg.model1.options)
     shapes = net.layer_shapes((3, 32, 32))
     assert {shapes[L][1:] for L in [*cfg.layer, *cfg.target_layer]} == {(32, 32)}
+
+
+def test_every_figure_declares_the_columns_it_reads_by_their_one_name():
+    """Figures name record columns through stitch.sweep.columns only: a declared column is one of its constants
+    (or built by its helpers), so a renamed record field is renamed in one place."""
+    import pandas as pd
+
+    from stitch.sweep import columns as C
+
+    names = {v for k, v in vars(C).items() if k.isupper() and isinstance(v, str)}
+    derived = {C.identity(C.CROSS_ENTROPY_PAPER1)}
+    for name, fig in FIGURES.items():
+        assert fig.reads, f"{name} declares no columns"
+        assert C.RECORD_PATH in fig.reads and set(fig.reads) <= names | derived, name
+    assert FIGURES["p1_fig3"].missing_columns(pd.DataFrame({C.LAYER: ["relu1"]}))[:2] == [C.RUN, C.STUDY]
 
 
 def test_layer_order_follows_the_recorded_forward_positions():

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..results import readable_records
+from . import columns as C
 from .labels import method_label, model_tag
 
 log = logging.getLogger(__name__)
@@ -25,9 +26,9 @@ COLUMNS = ["pair_type", "pair_label", "pair", "run0", "run1", "method0", "method
 
 def lmc_dirs(runs: pd.DataFrame) -> list[Path]:
     """The results directories the runs' records were read from (``<dir>/records/<run>.json``)."""
-    if "record_path" not in runs or not len(runs):
+    if C.RECORD_PATH not in runs or not len(runs):
         return []
-    return sorted({Path(p).parent.parent for p in runs["record_path"].dropna()})
+    return sorted({Path(p).parent.parent for p in runs[C.RECORD_PATH].dropna()})
 
 
 def lmc_files(dirs: Iterable[str | Path]) -> list[Path]:

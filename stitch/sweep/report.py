@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import ConfigError, DataNotFoundError
+from . import columns as C
 from .collect import DEFAULT_SEED_KEYS, aggregate, collect, export
 from .figures import FIGURES, FigureContext, draw
 
@@ -55,13 +56,13 @@ def run_sweep(cfg: dict) -> int:
     coll = collect(inputs, seed_keys)
     runs = coll.runs
     out = Path(cfg.get("out") or "figures/sweep")
-    n_ok = int((runs["status"] == "ok").sum()) if len(runs) else 0
+    n_ok = int((runs[C.STATUS] == "ok").sum()) if len(runs) else 0
     print(f"{len(runs)} runs from {', '.join(map(str, coll.sources))}: {n_ok} ok, {len(runs) - n_ok} failed"
           + (f", {len(coll.unreadable)} unreadable record files" if coll.unreadable else ""))
     agg = aggregate(runs, seed_keys)
     tables = {"runs": runs, "aggregate": agg, "history": coll.history}
-    failed = runs[runs["status"] != "ok"][[c for c in ("run", "study", "layer", "target_layer", "method", "seed",
-                                                        "error", "record_path") if c in runs]] if len(runs) else runs
+    failed = runs[runs[C.STATUS] != "ok"][[c for c in (C.RUN, C.STUDY, C.LAYER, C.TARGET_LAYER, C.METHOD, C.SEED,
+                                                        C.ERROR, C.RECORD_PATH) if c in runs]] if len(runs) else runs
     written = export(tables, out, cfg.get("tables") or ("csv", "parquet"))
     failed.to_csv(out / "failed.csv", index=False)
     if len(failed):
@@ -96,7 +97,7 @@ def log_report(lcfg: dict, cfg: dict, tables: dict[str, pd.DataFrame], images: d
     from ..loggers import WandbRun
 
     runs = tables["runs"]
-    studies = sorted({str(s) for s in runs.get("study", pd.Series(dtype=object)).dropna()})
+    studies = sorted({str(s) for s in runs.get(C.STUDY, pd.Series(dtype=object)).dropna()})
     name = f"sweep-{out.name if out.name not in ('smoke', 'paper') else out.parent.name + '-' + out.name}"
     run = WandbRun({**lcfg, "group": lcfg.get("group") or (studies[0] if len(studies) == 1 else "sweeps")},
                    name=name, config={"inputs": cfg.get("inputs"), "figures": list(images), "studies": studies,
@@ -116,6 +117,6 @@ def log_report(lcfg: dict, cfg: dict, tables: dict[str, pd.DataFrame], images: d
         if png:
             payload[f"figure/{name}"] = wandb.Image(str(png[0]), caption=FIGURES[name].caption)
     run.log(payload)
-    n_ok = int((runs["status"] == "ok").sum()) if len(runs) else 0
+    n_ok = int((runs[C.STATUS] == "ok").sum()) if len(runs) else 0
     run.summary({"runs": len(runs), "runs_ok": n_ok, "runs_failed": len(runs) - n_ok})
     run.finish()

@@ -10,17 +10,18 @@ import numpy as np
 import pandas as pd
 
 from ...matrices import claim_numbers, layer_order, pivot
+from .. import columns as C
 from .plotting import (DATA_LABELS, DM_COLOR, STYLE, TLM_COLOR, arch_label, empty, energy_density,
                        hatch_untrusted, heatmap, log, plt, save, suptitle)
 from .registry import FIGURES, FigureContext, register
-from .selection import (AUROC, col, has_probing, is_matrix, method_labels, order_methods, probing_records, read_energies,
+from .selection import (col, has_probing, is_matrix, method_labels, order_methods, probing_records, read_energies,
                         read_records)
 
 
 def _pair_label(row, with_arch: bool = True) -> str:
-    a, b = arch_label(row["model1.tag"]), arch_label(row["model2.tag"])
+    a, b = arch_label(row[C.MODEL1_TAG]), arch_label(row[C.MODEL2_TAG])
     prefix = f"{a}: " if with_arch else ""
-    if row.get("self_stitch"):
+    if row.get(C.SELF_STITCH):
         return f"{prefix}intra-network (self-stitching)"
     return f"{prefix}inter-network (two seeds)" if a == b else f"{a} -> {b}"
 
@@ -33,16 +34,16 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
     if not len(agg):
         return empty(ctx, cap, "no layer x layer runs to draw")
     # the architecture is in the title already when there is one: keep panel titles short
-    one_arch = agg[["model1.tag", "model2.tag"]].drop_duplicates().shape[0] == 1
+    one_arch = agg[[C.MODEL1_TAG, C.MODEL2_TAG]].drop_duplicates().shape[0] == 1
     agg["pair"] = agg.apply(_pair_label, axis=1, with_arch=not one_arch)
     pairs = sorted(agg["pair"].unique(), key=lambda p: (0 if "intra" in p else 1, p))
     # a method run in several variants (DM: paper 2's K = 100 and the full-data solve) is a matrix per variant
-    variant = col(agg, "variant").astype(object).where(col(agg, "variant").notna(), "")
-    several = agg.assign(v=variant).groupby("method")["v"].nunique()
-    agg["method_key"] = [f"{m}:{v}" if several.get(m, 1) > 1 else m for m, v in zip(agg["method"], variant)]
+    variant = col(agg, C.VARIANT).astype(object).where(col(agg, C.VARIANT).notna(), "")
+    several = agg.assign(v=variant).groupby(C.METHOD)["v"].nunique()
+    agg["method_key"] = [f"{m}:{v}" if several.get(m, 1) > 1 else m for m, v in zip(agg[C.METHOD], variant)]
     methods = [k for k in order_methods(agg["method_key"]) if methods is None or k.split(":")[0] in methods]
-    with_auroc = f"{AUROC}.mean" in agg and agg[f"{AUROC}.mean"].notna().any()
-    metrics = [("relative_acc", "acc")] + ([(AUROC, "auroc")] if with_auroc else [])
+    with_auroc = C.mean(C.OOD_AUROC) in agg and agg[C.mean(C.OOD_AUROC)].notna().any()
+    metrics = [(C.RELATIVE_ACC, "acc")] + ([(C.OOD_AUROC, "auroc")] if with_auroc else [])
     # Print layout, at most two heatmaps side by side (about a page width): with AUROC each row is
     # one (model pair, method) showing relative accuracy | AUROC; without, a row per model pair
     # showing TLM | DM.
@@ -51,7 +52,7 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
     else:
         rows = [[(pair, m, metrics[0]) for m in methods] for pair in pairs]
     ncols = max(len(r) for r in rows)
-    n_src, n_tgt = agg["layer"].nunique(), agg["target_layer"].nunique()
+    n_src, n_tgt = agg[C.LAYER].nunique(), agg[C.TARGET_LAYER].nunique()
     n_layers = max(n_src, n_tgt)
     side = min(3.4, max(2.2, 0.3 * n_layers + 0.9))
     annotate = n_layers <= 10
@@ -69,8 +70,8 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
                 ax.axis("off")
                 continue
             # the same pivot as matrices.metric_matrix, in the networks' forward order of the pair's layers
-            mat = pivot(gm, f"{metric}.mean", sources=layer_order(gp, "layer"),
-                        targets=layer_order(gp, "target_layer"))
+            mat = pivot(gm, f"{metric}.mean", sources=layer_order(gp, C.LAYER),
+                        targets=layer_order(gp, C.TARGET_LAYER))
             what = "relative accuracy" if kind == "acc" else "OOD AUROC"
             heatmap(ax, mat, kind, f"{method_labels(gm).iloc[0]}\n{what} · {pair}", annotate)
             if kind == "auroc":
@@ -81,17 +82,18 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
     if untrusted:
         note += (f". Hatched: target layers whose detector fails its sanity check ({', '.join(sorted(untrusted))}); "
                  f"their AUROC cannot call a stitch in-distribution.")
-    drawn = ctx.ok[ctx.ok["method"].isin({m.split(":")[0] for m in methods})]  # the subtitle names what is drawn
+    drawn = ctx.ok[ctx.ok[C.METHOD].isin({m.split(":")[0] for m in methods})]  # the subtitle names what is drawn
     suptitle(fig, ctx, cap + note, drawn, width=45 * ncols + 10)
     return save(fig, ctx)
 
 
 @register("p2_fig1", "fig-p2-1", "Paper 2 Fig. 1: intra-network TLM similarity and OOD level",
-          lambda r: is_matrix(r) and bool(col(r, "self_stitch").fillna(False).astype(bool).any()))
+          lambda r: is_matrix(r) and bool(col(r, C.SELF_STITCH).fillna(False).astype(bool).any()),
+          reads=(*C.RUN_IDENTITY, C.SELF_STITCH, C.TARGET_LAYER_INDEX, C.RELATIVE_ACC))
 def p2_fig1(ctx: FigureContext) -> list[Path]:
-    tlm = [m for m in order_methods(ctx.agg["method"]) if str(m).startswith("tlm")] or None
+    tlm = [m for m in order_methods(ctx.agg[C.METHOD]) if str(m).startswith("tlm")] or None
     paths = _matrix_figure(ctx, FIGURES["p2_fig1"].caption, tlm,
-                           lambda a: col(a, "self_stitch").fillna(False).astype(bool))
+                           lambda a: col(a, C.SELF_STITCH).fillna(False).astype(bool))
     return paths + p2_fig1_energies(ctx) + write_claim_numbers(ctx)
 
 
@@ -101,21 +103,21 @@ def p2_fig1_energies(ctx: FigureContext, target: str | None = None) -> list[Path
     (model 2's own activations) and the sanity set above, the stitched activations from every source below.
     Drawn from the records' ``ood_energies`` percentiles."""
     runs = ctx.ok
-    if not len(runs) or "record_path" not in runs:
+    if not len(runs) or C.RECORD_PATH not in runs:
         return []
-    runs = runs[col(runs, "self_stitch").fillna(False).astype(bool) & (col(runs, "kind") == "tlm")]
+    runs = runs[col(runs, C.SELF_STITCH).fillna(False).astype(bool) & (col(runs, C.KIND) == "tlm")]
     if not len(runs):
         return []
     if target is None:  # paper 2 shows layer 1; here the first target whose detector passed its sanity check
-        trusted = runs[col(runs, "ood/detector_trusted") == 1]
-        target = layer_order(trusted if len(trusted) else runs, "target_layer")[0]
-    runs = runs[runs["target_layer"] == target]
-    sources = [L for L in layer_order(runs, "layer")]
+        trusted = runs[col(runs, C.OOD_TRUSTED) == 1]
+        target = layer_order(trusted if len(trusted) else runs, C.TARGET_LAYER)[0]
+    runs = runs[runs[C.TARGET_LAYER] == target]
+    sources = [L for L in layer_order(runs, C.LAYER)]
     rows = []
     for L in sources:
-        got = read_energies(runs[runs["layer"] == L]["record_path"])
+        got = read_energies(runs[runs[C.LAYER] == L][C.RECORD_PATH])
         if got:
-            auroc = float(runs[runs["layer"] == L][AUROC].mean()) if AUROC in runs else float("nan")
+            auroc = float(runs[runs[C.LAYER] == L][C.OOD_AUROC].mean()) if C.OOD_AUROC in runs else float("nan")
             rows.append((L, got[0], auroc))
     if not rows:
         return []
@@ -129,7 +131,7 @@ def p2_fig1_energies(ctx: FigureContext, target: str | None = None) -> list[Path
     top.fill_between(mid, energy_density(pct, ref["in"], edges), color="#2a9d8f", alpha=0.45,
                      label=f"in-distribution: model 2's own {target} (test)")
     if ref.get("sanity"):
-        sanity_auroc = runs[col(runs, "ood/sanity_auroc").notna()]["ood/sanity_auroc"] if "ood/sanity_auroc" in runs \
+        sanity_auroc = runs[col(runs, C.OOD_SANITY_AUROC).notna()][C.OOD_SANITY_AUROC] if C.OOD_SANITY_AUROC in runs \
             else pd.Series(dtype=float)
         extra = f", detector AUROC {float(sanity_auroc.iloc[0]):.3f}" if len(sanity_auroc) else ""
         name = DATA_LABELS.get(ref.get("sanity_data"), ref.get("sanity_data"))
@@ -153,16 +155,16 @@ def p2_fig1_energies(ctx: FigureContext, target: str | None = None) -> list[Path
 
 
 @register("p2_fig2", "fig-p2-2", "Paper 2 Fig. 2: intra- and inter-network similarity and OOD, TLM vs DM",
-          is_matrix)
+          is_matrix, reads=(*C.RUN_IDENTITY, C.SELF_STITCH, C.TARGET_LAYER_INDEX, C.RELATIVE_ACC))
 def p2_fig2(ctx: FigureContext) -> list[Path]:
     return _matrix_figure(ctx, FIGURES["p2_fig2"].caption) + write_claim_numbers(ctx)
 
 
 def write_claim_numbers(ctx: FigureContext) -> list[Path]:
     """``<figure>-claims.csv``: paper 2's claims as numbers per model pair and method (matrices.claim_numbers)."""
-    if "record_path" not in ctx.ok or not len(ctx.ok):
+    if C.RECORD_PATH not in ctx.ok or not len(ctx.ok):
         return []
-    rows = claim_numbers(read_records(ctx.ok["record_path"].dropna()))
+    rows = claim_numbers(read_records(ctx.ok[C.RECORD_PATH].dropna()))
     if not rows:
         return []
     ctx.out.mkdir(parents=True, exist_ok=True)
@@ -173,13 +175,15 @@ def write_claim_numbers(ctx: FigureContext) -> list[Path]:
 
 
 @register("p2_fig3", "fig-p2-3", "Paper 2 Fig. 3: self-stitching a same-size ResNet-18, TLM vs DM",
-          lambda r: is_matrix(r) and bool((col(r, "model1.options.variant") == "same_size").any()))
+          lambda r: is_matrix(r) and bool((col(r, C.MODEL1_VARIANT) == "same_size").any()),
+          reads=(*C.RUN_IDENTITY, C.MODEL1_VARIANT, C.RELATIVE_ACC))
 def p2_fig3(ctx: FigureContext) -> list[Path]:
     return _matrix_figure(ctx, FIGURES["p2_fig3"].caption)
 
 
 @register("p2_fig4", "fig-p2-4", "Paper 2 Fig. 4: self-stitching ViT-Ti, TLM (left) vs DM (right)",
-          lambda r: is_matrix(r) and bool((col(r, "model1.name") == "vit_tiny").any()))
+          lambda r: is_matrix(r) and bool((col(r, C.MODEL1_NAME) == "vit_tiny").any()),
+          reads=(*C.RUN_IDENTITY, C.SELF_STITCH, C.TARGET_LAYER_INDEX, C.RELATIVE_ACC))
 def p2_fig4(ctx: FigureContext) -> list[Path]:
     return _matrix_figure(ctx, FIGURES["p2_fig4"].caption)
 
@@ -188,7 +192,7 @@ _PROBE_KEYS = {"CKA": "cka", "PWCCA": "pwcca", "OPD": "opd"}
 
 
 @register("p2_probing", "fig-p2-probing", "Paper 2 / Ding et al.: specificity and sensitivity of the indices",
-          has_probing)
+          has_probing, reads=(C.RECORD_PATH,))
 def p2_probing(ctx: FigureContext) -> list[Path]:
     """Bars: each index's Spearman correlation with the probe-accuracy difference, over the layer pairs
     (specificity) and over principal-component deletions (sensitivity, mean and range over layers)."""
@@ -220,7 +224,7 @@ def p2_probing(ctx: FigureContext) -> list[Path]:
         ax.set_ylim(-1, 1)
         ax.set_ylabel("Spearman ρ with |Δ probe accuracy|  (higher: better)")
         m1, m2 = rec["model1"]["key"], rec["model2"]["key"]
-        ax.set_title(f"{m1} → {m2}" + (" (self)" if rec.get("self_stitch") else ""), fontsize=8)
+        ax.set_title(f"{m1} → {m2}" + (" (self)" if rec.get(C.SELF_STITCH) else ""), fontsize=8)
         ax.legend(loc="lower left", fontsize=7)
     fig.suptitle(textwrap.fill(ctx.title or cap, 100), fontsize=STYLE["figure.titlesize"])
     return save(fig, ctx)

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 
+from .. import columns as C  # noqa: E402
 from .selection import col, method_labels, method_rank, sorted_values  # noqa: E402
 
 if TYPE_CHECKING:
@@ -68,14 +69,14 @@ def describe(ctx: FigureContext, df: pd.DataFrame | None = None) -> str:
     df = ctx.ok if df is None else df
     if not len(df):
         return "no successful runs"
-    parts = [", ".join(DATA_LABELS.get(d, d) for d in sorted_values(col(df, "data")))]
-    archs = sorted({(arch_label(a), arch_label(b)) for a, b in zip(col(df, "model1.tag"), col(df, "model2.tag"))})
+    parts = [", ".join(DATA_LABELS.get(d, d) for d in sorted_values(col(df, C.DATA)))]
+    archs = sorted({(arch_label(a), arch_label(b)) for a, b in zip(col(df, C.MODEL1_TAG), col(df, C.MODEL2_TAG))})
     parts.append("; ".join(a if a == b else f"{a} -> {b}" for a, b in archs))
-    labels = sorted(set(zip(df["method"], method_labels(df))), key=lambda t: (method_rank(t[0]), t[1]))
+    labels = sorted(set(zip(df[C.METHOD], method_labels(df))), key=lambda t: (method_rank(t[0]), t[1]))
     parts.append(", ".join(lab for _, lab in labels))
-    tlm = df[col(df, "kind") == "tlm"]
-    if len(tlm) and "method_config.epochs" in tlm:
-        eps = sorted_values(tlm["method_config.epochs"].astype("Int64"))
+    tlm = df[col(df, C.KIND) == "tlm"]
+    if len(tlm) and C.TLM_EPOCHS in tlm:
+        eps = sorted_values(tlm[C.TLM_EPOCHS].astype("Int64"))
         parts.append(f"TLM {'/'.join(eps)} epoch{'' if eps == ['1'] else 's'}")
     n = df.groupby("condition").size() if "condition" in df else pd.Series([len(df)])
     lo, hi = int(n.min()), int(n.max())
@@ -83,7 +84,7 @@ def describe(ctx: FigureContext, df: pd.DataFrame | None = None) -> str:
     failed = len(ctx.runs) - len(ctx.ok)
     if failed:
         parts.append(f"{failed} failed run{'s' if failed > 1 else ''} excluded")
-    studies = sorted_values(col(df, "study"))
+    studies = sorted_values(col(df, C.STUDY))
     if studies:
         parts.append("study " + ", ".join(studies))
     return " · ".join(p for p in parts if p)
@@ -149,9 +150,9 @@ def band(ax, x, mean, std, color, label=None, ls="-", marker="o", alpha=0.2):
 def curve_colors(df: pd.DataFrame) -> dict[str, str]:
     """Kind colours (TLM blue, DM orange) when a kind has one curve, else a qualitative palette."""
     out, palette = {}, plt.get_cmap("tab10")
-    curves = df.drop_duplicates("curve")[["curve", "method"]]
-    per_kind = curves["method"].value_counts()
-    ordered = sorted(zip(curves["curve"], curves["method"]), key=lambda t: (method_rank(t[1]), t[0]))
+    curves = df.drop_duplicates("curve")[["curve", C.METHOD]]
+    per_kind = curves[C.METHOD].value_counts()
+    ordered = sorted(zip(curves["curve"], curves[C.METHOD]), key=lambda t: (method_rank(t[1]), t[0]))
     for i, (v, m) in enumerate(ordered):
         out[v] = method_color(m) if per_kind.get(m, 0) == 1 else matplotlib.colors.to_hex(palette(i % 10))
     return out
@@ -205,10 +206,10 @@ def heatmap(ax, mat: pd.DataFrame, kind: str, title: str, annotate: bool):
 
 def hatch_untrusted(ax, runs: pd.DataFrame, targets: list[str]) -> set[str]:
     """Hatch the AUROC columns whose detector failed its sanity check (``ood/detector_trusted`` 0); their names."""
-    key = "ood/detector_trusted.mean"
+    key = C.mean(C.OOD_TRUSTED)
     if key not in runs:
         return set()
-    bad = set(runs[runs[key] < 1]["target_layer"])
+    bad = set(runs[runs[key] < 1][C.TARGET_LAYER])
     for j, t in enumerate(targets):
         if t in bad:
             ax.add_patch(plt.Rectangle((j - 0.5, -0.5), 1, len(ax.get_yticks()), fill=False, hatch="///",

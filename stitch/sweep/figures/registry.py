@@ -36,14 +36,21 @@ class Figure:
     stem: str
     caption: str
     applies: Callable[[pd.DataFrame], bool]
+    # the runs-table columns (stitch.sweep.columns) the figure cannot be drawn without: the contract between the
+    # record writer and this figure, checked against a real study's records by the smoke tests
+    reads: tuple[str, ...] = ()
+
+    def missing_columns(self, runs: pd.DataFrame) -> list[str]:
+        return [c for c in self.reads if c not in runs]
 
 
 FIGURES: dict[str, Figure] = {}
 
 
-def register(name: str, stem: str, caption: str, applies: Callable[[pd.DataFrame], bool]):
+def register(name: str, stem: str, caption: str, applies: Callable[[pd.DataFrame], bool],
+             reads: tuple[str, ...] = ()):
     def deco(fn):
-        FIGURES[name] = Figure(fn, stem, caption, applies)
+        FIGURES[name] = Figure(fn, stem, caption, applies, tuple(reads))
         return fn
     return deco
 

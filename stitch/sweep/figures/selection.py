@@ -12,13 +12,12 @@ from ...matrices import layer_order  # noqa: F401 - the figures order layers as 
 from ...fileio import read_json
 from ...results import load_stitch, read_record
 from ...sorting import natural_key
+from .. import columns as C
 from ..labels import method_label
 from ..lmc import lmc_dirs
 
 log = logging.getLogger("stitch.sweep.figures")
 
-
-AUROC = "ood/auroc"
 
 
 def col(df: pd.DataFrame, name: str, default=None) -> pd.Series:
@@ -27,8 +26,8 @@ def col(df: pd.DataFrame, name: str, default=None) -> pd.Series:
 
 def method_labels(df: pd.DataFrame) -> pd.Series:
     """Per-row method label from ``method`` and the recipe name (``variant``)."""
-    v = col(df, "variant")
-    return pd.Series([method_label(m, r) for m, r in zip(df["method"], v)], index=df.index, dtype=object)
+    v = col(df, C.VARIANT)
+    return pd.Series([method_label(m, r) for m, r in zip(df[C.METHOD], v)], index=df.index, dtype=object)
 
 
 def method_rank(m) -> tuple:
@@ -61,11 +60,11 @@ def add_curves(df: pd.DataFrame, exclude: tuple[str, ...] = ()) -> pd.DataFrame:
 
 
 def same_layer(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["layer"] == df["target_layer"]] if len(df) else df
+    return df[df[C.LAYER] == df[C.TARGET_LAYER]] if len(df) else df
 
 
 def has_same_layer(runs):
-    ok = runs[runs["status"] == "ok"]
+    ok = runs[runs[C.STATUS] == "ok"]
     return bool(len(same_layer(ok)))
 
 
@@ -74,25 +73,25 @@ def history_runs(history: pd.DataFrame, ok: pd.DataFrame, pred) -> pd.DataFrame:
     if not len(history):
         return pd.DataFrame()
     runs = ok[pred(ok)] if len(ok) else ok
-    return history[history["run"].isin(set(runs["run"]))].merge(
-        runs[["run", "layer", "target_layer", "model1.tag", "method", "seed"]
-             + [c for c in ("method_config.cka_penalty", "method_config.init") if c in runs]], on="run")
+    return history[history[C.RUN].isin(set(runs[C.RUN]))].merge(
+        runs[[C.RUN, C.LAYER, C.TARGET_LAYER, C.MODEL1_TAG, C.METHOD, C.SEED]
+             + [c for c in (C.CKA_PENALTY, C.TLM_INIT) if c in runs]], on=C.RUN)
 
 
 def tracked(r: pd.DataFrame) -> bool:
-    return "n_history" in r and bool((r.loc[r["status"] == "ok", "n_history"] > 0).any())
+    return C.N_HISTORY in r and bool((r.loc[r[C.STATUS] == "ok", C.N_HISTORY] > 0).any())
 
 
 def is_low_rank(df: pd.DataFrame) -> pd.Series:
-    return ((col(df, "kind") == "tlm") & col(df, "method_config.rank").notna()) | \
-        ((col(df, "kind") == "dm") & (col(df, "method_config.solver") == "rank"))
+    return ((col(df, C.KIND) == "tlm") & col(df, C.RANK).notna()) | \
+        ((col(df, C.KIND) == "dm") & (col(df, C.DM_SOLVER) == "rank"))
 
 
 def is_sparse(df: pd.DataFrame) -> pd.Series:
     """L1 TLM (l1 = 0 is its unregularised baseline) and lasso DM runs, low-rank/penalised ones excluded."""
-    return (((col(df, "kind") == "tlm") & col(df, "method_config.l1").notna()
-             & col(df, "method_config.rank").isna() & (col(df, "method_config.cka_penalty").fillna(0) == 0))
-            | ((col(df, "kind") == "dm") & (col(df, "method_config.solver") == "lasso")))
+    return (((col(df, C.KIND) == "tlm") & col(df, C.L1).notna()
+             & col(df, C.RANK).isna() & (col(df, C.CKA_PENALTY).fillna(0) == 0))
+            | ((col(df, C.KIND) == "dm") & (col(df, C.DM_SOLVER) == "lasso")))
 
 
 def saved_matrix(path):
@@ -106,26 +105,26 @@ def fill_sparsity(df: pd.DataFrame) -> pd.DataFrame:
     """``fit.sparsity`` is recorded for L1/lasso fits only; fill it from the saved stitching layer
     (|w| below the run's zero threshold, 1e-4 by default) for the unregularised baselines."""
     df = df.copy()
-    if "fit.sparsity" not in df:
-        df["fit.sparsity"] = np.nan
-    missing = df["fit.sparsity"].isna() & col(df, "stitch_path").notna()
+    if C.SPARSITY not in df:
+        df[C.SPARSITY] = np.nan
+    missing = df[C.SPARSITY].isna() & col(df, C.STITCH_PATH).notna()
     for i in df.index[missing]:
-        W = saved_matrix(df.at[i, "stitch_path"])
+        W = saved_matrix(df.at[i, C.STITCH_PATH])
         if W is not None:
-            thr = df.at[i, "method_config.zero_threshold"] if "method_config.zero_threshold" in df else None
+            thr = df.at[i, C.ZERO_THRESHOLD] if C.ZERO_THRESHOLD in df else None
             thr = 1e-4 if thr is None or pd.isna(thr) else float(thr)
-            df.at[i, "fit.sparsity"] = float((W.abs() < thr).float().mean())
+            df.at[i, C.SPARSITY] = float((W.abs() < thr).float().mean())
     return df
 
 
 def is_regularised(df: pd.DataFrame) -> pd.Series:
-    return ((col(df, "kind") == "tlm") & (col(df, "method_config.l1").fillna(0) > 0)) | \
-        ((col(df, "kind") == "dm") & (col(df, "method_config.solver") == "lasso"))
+    return ((col(df, C.KIND) == "tlm") & (col(df, C.L1).fillna(0) > 0)) | \
+        ((col(df, C.KIND) == "dm") & (col(df, C.DM_SOLVER) == "lasso"))
 
 
 def is_matrix(r: pd.DataFrame) -> bool:
-    ok = r[r["status"] == "ok"]
-    return bool(len(ok)) and bool((ok["layer"] != ok["target_layer"]).any())
+    ok = r[r[C.STATUS] == "ok"]
+    return bool(len(ok)) and bool((ok[C.LAYER] != ok[C.TARGET_LAYER]).any())
 
 
 def read_records(paths) -> list[dict]:
