@@ -158,7 +158,9 @@ def _records(tmp: Path) -> dict[str, list[dict]]:
                     auroc = 0.5 + (0.1 * abs(i - j) + 0.2 if method == "tlm" else 0.02 * abs(i - j))
                     r = rec(f"p2-{m2}-{L}-{M}-{method}", L, method, variant, m2=m2, target=M,
                             metrics={"relative_acc": acc, "ood/auroc": min(auroc, 1.0),
-                                     "ood/sanity_auroc": 0.97, "ood/detector_trusted": float(M != "layer7")})
+                                     "ood/sanity_auroc": 0.97,
+                                     # each network its own detectors: model 2 = seed 1 also fails at layer5
+                                     "ood/detector_trusted": float(M != "layer7" and (m2, M) != (1, "layer5"))})
                     r["ood_energies"] = _energies(-10 + 3 * abs(i - j))
                     out["p2_fig2"].append(r)
     out["p2_fig1"] = [r for r in out["p2_fig2"] if r["self_stitch"] and r["method"] == "tlm"]
@@ -184,7 +186,8 @@ def _probing_record() -> dict:
         "cka": corr(0.8), "pwcca": corr(0.7), "opd": corr(0.9), "dm": corr(0.95), "tlm": corr(0.2)}}
         for L in ("layer3", "layer5")]
     return {"model1": {"key": "digits/tiny10/seed0"}, "model2": {"key": "digits/tiny10/seed0"}, "self_stitch": True,
-            "specificity": spec, "sensitivity": sens}
+            "specificity": spec, "sensitivity": sens, "data": "digits", "records": 32, "study": "p2_probing_smoke",
+            "settings": {"train_limit": 2000, "tlm_epochs": 3, "levels": 4, "layers": None}}
 
 
 @pytest.fixture(scope="module")
@@ -437,6 +440,21 @@ def test_p2_fig1_energy_panels_show_every_source_and_the_sanity_set(figure_dirs,
     assert len(hatched) == 1  # one AUROC panel, one untrusted target column
 
 
+def test_p2_fig2_lists_each_network_s_untrusted_detectors_apart(figure_dirs, tmp_path):
+    """Intra and inter rows use different model-2 networks, hence different detectors: the title names the
+    untrusted target layers per model pair, in forward order, and each pair's AUROC panels hatch only its own."""
+    drawn = {}
+    c = collect([figure_dirs["p2_fig2"]])
+    draw("p2_fig2", FigureContext(c.runs, aggregate(c.runs), c.history, tmp_path, "fig-p2-2", formats=("png",),
+                                  keep=drawn))
+    fig = drawn["fig-p2-2"]
+    title = " ".join(fig._suptitle.get_text().split())
+    assert "(intra-network (self-stitching): layer7; inter-network (two seeds): layer5, layer7)" in title, title
+    hatched = sorted((ax.get_title().split("· ")[-1], sum(1 for p in ax.patches if p.get_hatch()))
+                     for ax in fig.axes if "AUROC" in ax.get_title())
+    assert hatched == [("inter-network (two seeds)", 2)] * 2 + [("intra-network (self-stitching)", 1)] * 2, hatched
+
+
 def test_p2_probing_draws_each_index_s_specificity_and_sensitivity(figure_dirs, tmp_path):
     drawn = {}
     c = collect([figure_dirs["p2_probing"]])
@@ -450,6 +468,9 @@ def test_p2_probing_draws_each_index_s_specificity_and_sensitivity(figure_dirs, 
     assert [round(b.get_height(), 3) for b in sens] == [0.95, 0.2, 0.8, 0.7, 0.9]  # dm, tlm, CKA, PWCCA, OPD
     labels = [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()]
     assert labels == ["DM relative accuracy", "TLM relative accuracy", "CKA", "PWCCA", "OPD"]
+    subtitle = " ".join(drawn["fig-p2-probing"]._suptitle.get_text().split("\n", 1)[1].split())
+    assert subtitle == ("digits (sklearn) · probes on 2,000 training images · TLM 3 epochs · 4 PC-deletion levels · "
+                        "5 indices · from 32 stitching records · study p2_probing_smoke"), subtitle
 
 
 def test_matrix_figure_draws_the_matrices_of_metric_matrix_in_forward_order(tmp_path):

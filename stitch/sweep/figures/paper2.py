@@ -60,7 +60,7 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
     row_h = side * n_src / n_layers + 1.3
     fig, axes = plt.subplots(len(rows), ncols, figsize=(ncols * (side + 1.3), len(rows) * row_h + 1.0),
                              squeeze=False, layout="constrained")
-    untrusted: set[str] = set()
+    untrusted: dict[str, set[str]] = {}  # per model pair: each network has detectors of its own
     for r, row in enumerate(rows):
         for c, (pair, m, (metric, kind)) in enumerate(row):
             ax = axes[r, c]
@@ -75,12 +75,15 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
             what = "relative accuracy" if kind == "acc" else "OOD AUROC"
             heatmap(ax, mat, kind, f"{method_labels(gm).iloc[0]}\n{what} · {pair}", annotate)
             if kind == "auroc":
-                untrusted |= hatch_untrusted(ax, gm, list(mat.columns))
+                untrusted.setdefault(pair, set()).update(hatch_untrusted(ax, gm, list(mat.columns)))
         for c in range(len(row), ncols):
             axes[r, c].axis("off")
     note = "" if with_auroc else " (no OOD AUROC in these records: run with ood.enabled=true to add it)"
+    untrusted = {pair: layers for pair, layers in untrusted.items() if layers}
     if untrusted:
-        note += (f". Hatched: target layers whose detector fails its sanity check ({', '.join(sorted(untrusted))}); "
+        listed = "; ".join(f"{pair}: {', '.join(L for L in layer_order(agg[agg['pair'] == pair], C.TARGET_LAYER) if L in layers)}"
+                           for pair, layers in ((p, untrusted[p]) for p in pairs if p in untrusted))
+        note += (f". Hatched: target layers whose detector fails its sanity check ({listed}); "
                  f"their AUROC cannot call a stitch in-distribution.")
     drawn = ctx.ok[ctx.ok[C.METHOD].isin({m.split(":")[0] for m in methods})]  # the subtitle names what is drawn
     suptitle(fig, ctx, cap + note, drawn, width=45 * ncols + 10)
@@ -226,5 +229,23 @@ def p2_probing(ctx: FigureContext) -> list[Path]:
         m1, m2 = rec["model1"]["key"], rec["model2"]["key"]
         ax.set_title(f"{m1} → {m2}" + (" (self)" if rec.get(C.SELF_STITCH) else ""), fontsize=8)
         ax.legend(loc="lower left", fontsize=7)
-    fig.suptitle(textwrap.fill(ctx.title or cap, 100), fontsize=STYLE["figure.titlesize"])
+    fig.suptitle(f"{textwrap.fill(ctx.title or cap, 100)}\n{textwrap.fill(probing_run(recs), 100)}",
+                 fontsize=STYLE["figure.titlesize"], linespacing=1.4)
     return save(fig, ctx)
+
+
+def probing_run(recs: list[dict]) -> str:
+    """The probing figure's subtitle: what was run (data, probes' training images, TLM epochs, deletion levels)."""
+    parts = []
+    for rec in recs:
+        st = rec.get("settings") or {}
+        train = st.get("train_limit")
+        bits = [DATA_LABELS.get(rec.get("data"), rec.get("data")) or "",
+                f"probes on {train:,} training images" if train else "probes on all training images",
+                f"TLM {st['tlm_epochs']} epoch{'s' if st['tlm_epochs'] != 1 else ''}" if "tlm_epochs" in st else "",
+                f"{st['levels']} PC-deletion levels" if "levels" in st else "",
+                f"{len(rec.get('specificity') or [])} indices",
+                f"from {rec['records']} stitching records" if rec.get("records") else "",
+                f"study {rec['study']}" if rec.get("study") else ""]
+        parts.append(" · ".join(b for b in bits if b))
+    return "; ".join(dict.fromkeys(parts))
