@@ -470,7 +470,7 @@ def test_p2_probing_draws_each_index_s_specificity_and_sensitivity(figure_dirs, 
     assert labels == ["DM relative accuracy", "TLM relative accuracy", "CKA", "PWCCA", "OPD"]
     subtitle = " ".join(drawn["fig-p2-probing"]._suptitle.get_text().split("\n", 1)[1].split())
     assert subtitle == ("digits (sklearn) · probes on 2,000 training images · TLM 3 epochs · 4 PC-deletion levels · "
-                        "5 indices · from 32 stitching records · study p2_probing_smoke"), subtitle
+                        "5 measures · from 32 stitching records · study p2_probing_smoke"), subtitle
 
 
 def test_matrix_figure_draws_the_matrices_of_metric_matrix_in_forward_order(tmp_path):

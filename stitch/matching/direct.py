@@ -596,16 +596,21 @@ def solve(stats: MatchingStatistics, kind: str = "ls", rank: int | None = None,
     does not use are ignored.  ``options`` go to the solver (``rcond`` for ls/rank,
     ``tol``/``max_iter`` for lasso).
     """
-    if kind == "ls":
-        return least_squares(stats, bias=bias, **options)
-    if kind == "procrustes":
-        return procrustes(stats, **options)
-    if kind == "rank":
-        if rank is None:
-            raise MatchingError("kind='rank' needs rank=k (1 <= k <= min(C1, C2))")
-        return reduced_rank(stats, rank, bias=bias, **options)
-    if kind == "lasso":
-        if alpha is None:
-            raise MatchingError("kind='lasso' needs alpha (the L1 weight, sklearn normalisation)")
-        return lasso(stats, alpha, bias=bias, **options)
-    raise MatchingError(f"unknown direct matching kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+    if kind not in _SOLVERS:
+        raise MatchingError(f"unknown direct matching kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+    if kind == "rank" and rank is None:
+        raise MatchingError("kind='rank' needs rank=k (1 <= k <= min(C1, C2))")
+    if kind == "lasso" and alpha is None:
+        raise MatchingError("kind='lasso' needs alpha (the L1 weight, sklearn normalisation)")
+    return _SOLVERS[kind](stats, rank=rank, alpha=alpha, bias=bias, **options)
+
+
+# one entry per name of stitch.method_names.DIRECT_MATCHING_KINDS (the settings layer checks spellings there)
+_SOLVERS = {
+    "ls": lambda stats, rank, alpha, bias, **o: least_squares(stats, bias=bias, **o),
+    "procrustes": lambda stats, rank, alpha, bias, **o: procrustes(stats, **o),  # never has a bias
+    "rank": lambda stats, rank, alpha, bias, **o: reduced_rank(stats, rank, bias=bias, **o),
+    "lasso": lambda stats, rank, alpha, bias, **o: lasso(stats, alpha, bias=bias, **o),
+}
+if tuple(_SOLVERS) != KINDS:
+    raise ImportError(f"stitch.method_names.DIRECT_MATCHING_KINDS {KINDS} != implemented {tuple(_SOLVERS)}")

@@ -34,16 +34,20 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the checkpoint layout changes
 
-def data_identity(data: DataSpec | dict | None) -> dict:
-    """What of the study's data settings a detector depends on: ``DataSpec.content_identity`` (where the files
-    are, batch sizes and the TLM learning rate leave it out). A dict is read as a ``data:`` block."""
-    if data is None:
-        return {}
+def data_spec(data: DataSpec | dict | None) -> DataSpec | None:
+    """A ``data:`` block typed (a dict is checked in full; ``ConfigError`` lists every problem)."""
     if isinstance(data, dict):
         problems = Problems()
         data = DataSpec.parse(data, "data.", problems)
         _raise(problems)
-    return data.content_identity()
+    return data
+
+
+def data_identity(data: DataSpec | dict | None) -> dict:
+    """What of the study's data settings a detector depends on: ``DataSpec.content_identity`` (where the files
+    are, batch sizes and the TLM learning rate leave it out). A dict is read as a ``data:`` block."""
+    data = data_spec(data)
+    return {} if data is None else data.content_identity()
 
 
 def detector_identity(cfg: DetectorConfig, key2: store.DonorKey, donor_sha256: str | None, layer: str,
@@ -72,18 +76,14 @@ class DetectorSupply:
     """
     donor: store.DonorKey
     datamodule: ImageDataModule
-    ood: OODSettings
-    data: DataSpec | None = None
+    ood: OODSettings | dict | None  # typed in __post_init__: always OODSettings afterwards
+    data: DataSpec | dict | None = None  # typed in __post_init__
     store_root: str | Path | None = None
     cache: OODCache | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "ood", ood_settings(self.ood))
-        if isinstance(self.data, dict):
-            problems = Problems()
-            data = DataSpec.parse(self.data, "data.", problems)
-            _raise(problems)
-            object.__setattr__(self, "data", data)
+        object.__setattr__(self, "data", data_spec(self.data))
 
 
 def _load(path: Path, meta: dict, device) -> ActivationDetector | None:
@@ -100,7 +100,7 @@ def _load(path: Path, meta: dict, device) -> ActivationDetector | None:
     return det.to(device).eval()
 
 
-def get_detector(supply: DetectorSupply, model2: models.StitchableNetwork, layer: str,
+def get_detector(detectors: DetectorSupply, model2: models.StitchableNetwork, layer: str,
                  device: torch.device | str = "cpu", retrain: bool = False) -> tuple[ActivationDetector, dict]:
     """The detector for (model 2, ``layer``): from the supply's cache, its model store, or trained now.
 
@@ -108,13 +108,13 @@ def get_detector(supply: DetectorSupply, model2: models.StitchableNetwork, layer
     whose presence marks a complete entry) together with its sanity check, and kept
     in the cache. Returns (detector in eval mode on ``device``, meta dict with ``path``, ``trained_now``).
     """
-    key2, store_root, datamodule, cache = supply.donor, supply.store_root, supply.datamodule, supply.cache
+    key2, store_root, datamodule, cache = detectors.donor, detectors.store_root, detectors.datamodule, detectors.cache
     layer = model2.check_layer(layer)  # an alias (layer3) and its canonical name (relu3) share one detector
-    cfg = detector_config(supply.ood)
-    sanity_spec = sanity_config(supply.ood)
+    cfg = detector_config(detectors.ood)
+    sanity_spec = sanity_config(detectors.ood)
     device = torch.device(device)
     donor_sha = store.load_meta(key2, store_root).get("sha256") if store.exists(key2, store_root) else None
-    digest, ident = detector_identity(cfg, key2, donor_sha, layer, supply.data, datamodule.input_shape)
+    digest, ident = detector_identity(cfg, key2, donor_sha, layer, detectors.data, datamodule.input_shape)
     path = detector_path(key2, layer, digest, store_root)
     meta_path = path.with_suffix(".json")
     det = None

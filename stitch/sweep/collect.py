@@ -33,6 +33,7 @@ import pandas as pd
 
 from ..results import read_record, record_files
 from ..sorting import natural_key
+from . import columns as C
 from .labels import model_tag
 
 log = logging.getLogger(__name__)
@@ -116,10 +117,10 @@ def condition_of(rec: dict, seed_keys: Sequence[str] = DEFAULT_SEED_KEYS) -> str
 
 def record_row(rec: dict, path: Path | None = None, seed_keys: Sequence[str] = DEFAULT_SEED_KEYS) -> dict:
     row = {k: _scalar(rec.get(k)) for k in _TOP}
-    row["status"] = rec.get("status") or "unknown"
+    row[C.STATUS] = rec.get("status") or "unknown"
     for m in ("model1", "model2"):
         flatten(rec.get(m) or {}, f"{m}.", row)
-        row[f"{m}.tag"] = model_tag(rec.get(m) or {})
+        row[C.MODEL1_TAG if m == "model1" else C.MODEL2_TAG] = model_tag(rec.get(m) or {})
     cfg = dict(rec.get("config") or {})
     flatten(cfg.pop("method_config", None) or {}, "method_config.", row)
     for k in ("model1", "model2", "layer", "target_layer", "method", "seed"):
@@ -129,13 +130,13 @@ def record_row(rec: dict, path: Path | None = None, seed_keys: Sequence[str] = D
     flatten(rec.get("timings") or {}, "timings.", row)
     for k, v in (rec.get("metrics") or {}).items():
         row[k] = _scalar(v)
-    row["condition"] = condition_of(rec, seed_keys)
-    row["n_history"] = len(rec.get("history") or [])
+    row[C.CONDITION] = condition_of(rec, seed_keys)
+    row[C.N_HISTORY] = len(rec.get("history") or [])
     if path is not None:
-        row["record_path"] = str(path)
+        row[C.RECORD_PATH] = str(path)
         # the stitching layer, when the run kept it (save_stitch=true): <results_dir>/stitches/<run>.pt
         sf = rec.get("stitch_file")
-        row["stitch_path"] = str(path.parent.parent / sf) if sf else None
+        row[C.STITCH_PATH] = str(path.parent.parent / sf) if sf else None
     return row
 
 
@@ -214,14 +215,14 @@ def aggregate(runs: pd.DataFrame, seed_keys: Sequence[str] = DEFAULT_SEED_KEYS) 
     metrics = metric_columns(runs)
     desc = descriptor_columns(runs, seed_keys)
     out = []
-    for cond, g in runs.groupby("condition", sort=False):
-        ok = g[g["status"] == "ok"]
-        row = {"condition": cond}
+    for cond, g in runs.groupby(C.CONDITION, sort=False):
+        ok = g[g[C.STATUS] == "ok"]
+        row = {C.CONDITION: cond}
         for c in desc:  # first non-null value: failed runs lack fit/metric-derived fields
             vals = g[c].dropna()
             row[c] = vals.iloc[0] if len(vals) else None
         row["studies"] = ";".join(sorted({str(s) for s in g["study"].dropna()})) if "study" in g else None
-        row["n_runs"], row["n_ok"], row["n_failed"] = len(g), len(ok), len(g) - len(ok)
+        row[C.N_RUNS], row[C.N_OK], row[C.N_FAILED] = len(g), len(ok), len(g) - len(ok)
         row["failed_runs"] = ";".join(g.loc[g["status"] != "ok", "run"].astype(str)) or None
         for k in seed_keys:
             if k in g:

@@ -1,9 +1,11 @@
 """The column names of the runs table (:func:`stitch.sweep.collect.collect`) that reporting reads.
 
-One home for each name: the figures, tables and claims read these constants, never a string of their
-own, so a field the record writer renames breaks here, once. Each figure declares the columns it
-cannot draw without (``register(..., reads=...)``), and the smoke tests check them against the
-records a real study writes (``tests/test_figures.py``).
+One home for each name: :mod:`stitch.sweep.collect` writes the columns it adds under these names, and
+the figures and tables read them through these constants, never a string of their own. Each figure
+declares the columns it reads (``register(..., reads=...)``), and the smoke tests check them against
+the records a real study writes (``tests/test_figures.py``), so a field the record writer renames
+fails there, by name. The LMC and TLM-history tables share the names of the columns they copy
+(``layer``, ``relative_acc``, ``run``, ...).
 
 A record's top-level fields keep their names; nested ones are flattened to dotted names
 (``model1.tag``, ``method_config.rank``); metrics keep their own (``relative_acc``, ``ood/auroc``);
@@ -36,6 +38,7 @@ MODEL1_VARIANT = "model1.options.variant"
 RECORD_PATH = "record_path"
 STITCH_PATH = "stitch_path"
 N_HISTORY = "n_history"      # tracked TLM steps
+CONDITION = "condition"      # the run's config without its replicate keys: what aggregate groups by
 
 # --- the method's settings (method_config.<field of TLMSettings / DMSettings>)
 TLM_INIT = "method_config.init"
@@ -57,8 +60,10 @@ OOD_AUROC = "ood/auroc"
 OOD_SANITY_AUROC = "ood/sanity_auroc"
 OOD_TRUSTED = "ood/detector_trusted"
 
-# --- added by aggregate
+# --- added by aggregate (one row per condition)
+N_RUNS = "n_runs"
 N_OK = "n_ok"
+N_FAILED = "n_failed"
 
 # what names a run in every figure: which networks, which cut, which method, where its record is
 RUN_IDENTITY = (RUN, STUDY, STATUS, LAYER, TARGET_LAYER, LAYER_INDEX, METHOD, KIND, SEED, DATA, MODEL1_TAG,

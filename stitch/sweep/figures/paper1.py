@@ -54,9 +54,9 @@ def p1_fig2(ctx: FigureContext) -> list[Path]:
         for v, gm in sorted(g.groupby("curve"), key=lambda t: (method_rank(t[1][C.METHOD].iloc[0]), t[0])):
             gm = gm.set_index(C.LAYER).reindex(layers)
             band(ax, x, gm[C.mean(C.RELATIVE_ACC)], gm[C.std(C.RELATIVE_ACC)], colors[v], v)
-            if f"{ce}.mean" in gm:
-                band(ax_ce, x, gm[f"{ce}.mean"], gm[f"{ce}.std"], colors[v], v, marker="s", alpha=0.1)
-        base = f"identity_{ce}.mean"
+            if C.mean(ce) in gm:
+                band(ax_ce, x, gm[C.mean(ce)], gm[C.std(ce)], colors[v], v, marker="s", alpha=0.1)
+        base = C.mean(C.identity(ce))
         if base in g and g[base].notna().any():  # paper 1's "no transformation" baseline, per layer
             ident = g.groupby(C.LAYER)[base].mean().reindex(layers)
             ax_ce.plot(x, ident, color="0.45", ls=":", marker=".", label="no transformation (baseline)")
@@ -92,7 +92,7 @@ def p1_fig3(ctx: FigureContext) -> list[Path]:
     rows, cols = grid_shape(len(layers), 4)
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.6 * rows + 0.6), squeeze=False,
                              sharey=True, layout="constrained")
-    agg = add_curves(agg, exclude=("config.model1.options.width",))
+    agg = add_curves(agg, exclude=("config." + C.MODEL1_WIDTH,))  # the study's config copy of the x axis
     colors = curve_colors(agg)
     for ax, L in zip(axes.flat, layers):
         g = agg[agg[C.LAYER] == L]

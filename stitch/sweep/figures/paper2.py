@@ -26,9 +26,13 @@ def _pair_label(row, with_arch: bool = True) -> str:
     return f"{prefix}inter-network (two seeds)" if a == b else f"{a} -> {b}"
 
 
+# what _matrix_figure reads (the AUROC and the detectors' trust are drawn when present)
+_MATRIX_READS = (*C.RUN_IDENTITY, C.SELF_STITCH, C.TARGET_LAYER_INDEX, C.RELATIVE_ACC)
+
+
 def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = None,
                    pair_filter: Callable[[pd.DataFrame], pd.Series] | None = None) -> list[Path]:
-    agg = ctx.agg[ctx.agg["n_runs"] > 0].copy()
+    agg = ctx.agg[ctx.agg[C.N_RUNS] > 0].copy()
     if pair_filter is not None and len(agg):
         agg = agg[pair_filter(agg)]
     if not len(agg):
@@ -92,7 +96,7 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
 
 @register("p2_fig1", "fig-p2-1", "Paper 2 Fig. 1: intra-network TLM similarity and OOD level",
           lambda r: is_matrix(r) and bool(col(r, C.SELF_STITCH).fillna(False).astype(bool).any()),
-          reads=(*C.RUN_IDENTITY, C.SELF_STITCH, C.TARGET_LAYER_INDEX, C.RELATIVE_ACC))
+          reads=_MATRIX_READS)
 def p2_fig1(ctx: FigureContext) -> list[Path]:
     tlm = [m for m in order_methods(ctx.agg[C.METHOD]) if str(m).startswith("tlm")] or None
     paths = _matrix_figure(ctx, FIGURES["p2_fig1"].caption, tlm,
@@ -158,7 +162,7 @@ def p2_fig1_energies(ctx: FigureContext, target: str | None = None) -> list[Path
 
 
 @register("p2_fig2", "fig-p2-2", "Paper 2 Fig. 2: intra- and inter-network similarity and OOD, TLM vs DM",
-          is_matrix, reads=(*C.RUN_IDENTITY, C.SELF_STITCH, C.TARGET_LAYER_INDEX, C.RELATIVE_ACC))
+          is_matrix, reads=_MATRIX_READS)
 def p2_fig2(ctx: FigureContext) -> list[Path]:
     return _matrix_figure(ctx, FIGURES["p2_fig2"].caption) + write_claim_numbers(ctx)
 
@@ -179,14 +183,14 @@ def write_claim_numbers(ctx: FigureContext) -> list[Path]:
 
 @register("p2_fig3", "fig-p2-3", "Paper 2 Fig. 3: self-stitching a same-size ResNet-18, TLM vs DM",
           lambda r: is_matrix(r) and bool((col(r, C.MODEL1_VARIANT) == "same_size").any()),
-          reads=(*C.RUN_IDENTITY, C.MODEL1_VARIANT, C.RELATIVE_ACC))
+          reads=(*_MATRIX_READS, C.MODEL1_VARIANT))
 def p2_fig3(ctx: FigureContext) -> list[Path]:
     return _matrix_figure(ctx, FIGURES["p2_fig3"].caption)
 
 
 @register("p2_fig4", "fig-p2-4", "Paper 2 Fig. 4: self-stitching ViT-Ti, TLM (left) vs DM (right)",
           lambda r: is_matrix(r) and bool((col(r, C.MODEL1_NAME) == "vit_tiny").any()),
-          reads=(*C.RUN_IDENTITY, C.SELF_STITCH, C.TARGET_LAYER_INDEX, C.RELATIVE_ACC))
+          reads=_MATRIX_READS)
 def p2_fig4(ctx: FigureContext) -> list[Path]:
     return _matrix_figure(ctx, FIGURES["p2_fig4"].caption)
 
@@ -227,7 +231,7 @@ def p2_probing(ctx: FigureContext) -> list[Path]:
         ax.set_ylim(-1, 1)
         ax.set_ylabel("Spearman ρ with |Δ probe accuracy|  (higher: better)")
         m1, m2 = rec["model1"]["key"], rec["model2"]["key"]
-        ax.set_title(f"{m1} → {m2}" + (" (self)" if rec.get(C.SELF_STITCH) else ""), fontsize=8)
+        ax.set_title(f"{m1} → {m2}" + (" (self)" if rec.get("self_stitch") else ""), fontsize=8)
         ax.legend(loc="lower left", fontsize=7)
     fig.suptitle(f"{textwrap.fill(ctx.title or cap, 100)}\n{textwrap.fill(probing_run(recs), 100)}",
                  fontsize=STYLE["figure.titlesize"], linespacing=1.4)
@@ -242,9 +246,10 @@ def probing_run(recs: list[dict]) -> str:
         train = st.get("train_limit")
         bits = [DATA_LABELS.get(rec.get("data"), rec.get("data")) or "",
                 f"probes on {train:,} training images" if train else "probes on all training images",
-                f"TLM {st['tlm_epochs']} epoch{'s' if st['tlm_epochs'] != 1 else ''}" if "tlm_epochs" in st else "",
+                ("no TLM" if not st["tlm_epochs"] else f"TLM {st['tlm_epochs']} epoch{'s' if st['tlm_epochs'] != 1 else ''}")
+                if "tlm_epochs" in st else "",
                 f"{st['levels']} PC-deletion levels" if "levels" in st else "",
-                f"{len(rec.get('specificity') or [])} indices",
+                f"{len(rec.get('specificity') or [])} measures",
                 f"from {rec['records']} stitching records" if rec.get("records") else "",
                 f"study {rec['study']}" if rec.get("study") else ""]
         parts.append(" · ".join(b for b in bits if b))

@@ -78,7 +78,7 @@ def describe(ctx: FigureContext, df: pd.DataFrame | None = None) -> str:
     if len(tlm) and C.TLM_EPOCHS in tlm:
         eps = sorted_values(tlm[C.TLM_EPOCHS].astype("Int64"))
         parts.append(f"TLM {'/'.join(eps)} epoch{'' if eps == ['1'] else 's'}")
-    n = df.groupby("condition").size() if "condition" in df else pd.Series([len(df)])
+    n = df.groupby(C.CONDITION).size() if C.CONDITION in df else pd.Series([len(df)])
     lo, hi = int(n.min()), int(n.max())
     parts.append(f"{lo} run{'s' if hi > 1 else ''} per point" if lo == hi else f"{lo}-{hi} runs per point")
     failed = len(ctx.runs) - len(ctx.ok)

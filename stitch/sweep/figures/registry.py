@@ -36,8 +36,8 @@ class Figure:
     stem: str
     caption: str
     applies: Callable[[pd.DataFrame], bool]
-    # the runs-table columns (stitch.sweep.columns) the figure cannot be drawn without: the contract between the
-    # record writer and this figure, checked against a real study's records by the smoke tests
+    # the runs-table columns (stitch.sweep.columns) the figure reads: the contract between the record writer
+    # and this figure, checked against a real study's records by the smoke tests
     reads: tuple[str, ...] = ()
 
     def missing_columns(self, runs: pd.DataFrame) -> list[str]:
