@@ -403,6 +403,10 @@ def test_p1_fig2_draws_accuracy_and_cross_entropy_in_separate_panels_with_honest
     acc_lines = [line.get_label() for line in acc.get_lines()]
     ce_lines = [line.get_label() for line in ce.get_lines()]
     assert len(acc_lines) == 2 and acc_lines == ce_lines[:2]  # TLM and least squares in both panels
+    # equal values must not hide a method: DM is dashed over TLM's solid line, with other markers
+    tlm_line, dm_line = acc.get_lines()[:2]
+    assert (tlm_line.get_linestyle(), dm_line.get_linestyle()) == ("-", "--")
+    assert tlm_line.get_marker() != dm_line.get_marker()
     mean_tlm = np.nanmean(acc.get_lines()[0].get_ydata())
     assert 0.9 < mean_tlm < 1.05  # the drawn values are the records' (TLM around 0.97)
     legend = [t.get_text() for t in fig.legends[0].get_texts()]

@@ -13,7 +13,7 @@ from ...sorting import natural_key
 from .. import columns as C
 from ..lmc import lmc_dirs, lmc_files, lmc_table
 from .plotting import (DATA_LABELS, DM_COLOR, TLM_COLOR, arch_label, band, curve_colors, empty,
-                       finish_layer_grid, grid_shape, plt, rotate_layer_ticks, save, suptitle)
+                       finish_layer_grid, grid_shape, method_style, plt, rotate_layer_ticks, save, suptitle)
 from .registry import FIGURES, FigureContext, register
 from .selection import (add_curves, col, fill_sparsity, has_same_layer, history_runs, is_low_rank,
                         is_regularised, is_sparse, layer_order, method_rank, same_layer, saved_matrix,
@@ -53,9 +53,10 @@ def p1_fig2(ctx: FigureContext) -> list[Path]:
         colors = curve_colors(g)
         for v, gm in sorted(g.groupby("curve"), key=lambda t: (method_rank(t[1][C.METHOD].iloc[0]), t[0])):
             gm = gm.set_index(C.LAYER).reindex(layers)
-            band(ax, x, gm[C.mean(C.RELATIVE_ACC)], gm[C.std(C.RELATIVE_ACC)], colors[v], v)
+            style = method_style(gm[C.METHOD].dropna().iloc[0] if gm[C.METHOD].notna().any() else "")
+            band(ax, x, gm[C.mean(C.RELATIVE_ACC)], gm[C.std(C.RELATIVE_ACC)], colors[v], v, **style)
             if C.mean(ce) in gm:
-                band(ax_ce, x, gm[C.mean(ce)], gm[C.std(ce)], colors[v], v, marker="s", alpha=0.1)
+                band(ax_ce, x, gm[C.mean(ce)], gm[C.std(ce)], colors[v], v, alpha=0.1, **style)
         base = C.mean(C.identity(ce))
         if base in g and g[base].notna().any():  # paper 1's "no transformation" baseline, per layer
             ident = g.groupby(C.LAYER)[base].mean().reindex(layers)
@@ -98,7 +99,8 @@ def p1_fig3(ctx: FigureContext) -> list[Path]:
         g = agg[agg[C.LAYER] == L]
         for v, gm in g.groupby("curve"):
             gm = gm.sort_values("width")
-            band(ax, gm["width"], gm[C.mean(C.RELATIVE_ACC)], gm[C.std(C.RELATIVE_ACC)], colors[v], v)
+            band(ax, gm["width"], gm[C.mean(C.RELATIVE_ACC)], gm[C.std(C.RELATIVE_ACC)], colors[v], v,
+                 **method_style(gm[C.METHOD].iloc[0]))
         ax.set_title(L)
         widths = sorted(agg["width"].unique())
         ax.set_xticks(widths, [f"{w:g}x" for w in widths])
@@ -126,10 +128,12 @@ def _history_panels(ctx, h: pd.DataFrame, metrics: list[tuple[str, str]], group:
             if m not in hg or hg[m].dropna().empty:
                 continue
             stats = hg.groupby("step")[m].agg(["mean", "std", "count"]).reset_index()
+            few = len(stats) <= 12  # a short run has a few tracked steps: markers, or one step draws nothing
             band(ax, stats["step"], stats["mean"], stats["std"], color, f"{group_label(gval)}: mean ± 1 std",
-                 marker="")
+                 marker="o" if few else "")
             for ri, (run, hr) in enumerate(list(hg.groupby(C.RUN))[:individual]):
                 ax.plot(hr["step"], hr[m], ls=(":", "--")[ri % 2], lw=0.9, color=color, alpha=0.9,
+                        marker="x" if few else "", ms=4,
                         label=f"{group_label(gval)}: run {ri + 1}" if ax is axes[0][0] else None)
             ax.set_xlabel("TLM training step")
             ax.set_ylabel(ylabel)
@@ -231,7 +235,7 @@ def p1_fig7(ctx: FigureContext) -> list[Path]:
             gk = g[g[C.KIND] == kind].groupby("rank", as_index=False)[[C.mean(C.RELATIVE_ACC), C.std(C.RELATIVE_ACC)]].mean()
             if len(gk):
                 band(ax, gk["rank"], gk[C.mean(C.RELATIVE_ACC)], gk[C.std(C.RELATIVE_ACC)],
-                     TLM_COLOR if kind == "tlm" else DM_COLOR, lab)
+                     TLM_COLOR if kind == "tlm" else DM_COLOR, lab, **method_style(kind))
         for kind, lab in (("tlm", "TLM, full rank"), ("dm", "DM, full rank")):
             fk = full[(full[C.LAYER] == L) & (full[C.KIND] == kind)]
             if len(fk):
@@ -339,7 +343,9 @@ def p1_lmc(ctx: FigureContext) -> list[Path]:
         for ptype, gp in g.groupby("pair_type"):
             for label, gl in gp.groupby("pair_label"):
                 s = gl.groupby("lambda")[C.RELATIVE_ACC].agg(["mean", "std", "count"]).reset_index()
-                band(ax, s["lambda"], s["mean"], s["std"], colors.get(ptype, "#444444"), label, marker=".")
+                # method pairs dashed over seed pairs: equal curves (both flat at 1.0, say) stay visible
+                band(ax, s["lambda"], s["mean"], s["std"], colors.get(ptype, "#444444"), label,
+                     ls="--" if ptype == "methods" else "-", marker="s" if ptype == "methods" else "o")
             counts.append(f"{gp['pair'].nunique()} {ptype}")
         # the legend is shared by the panels; how many pairs each curve averages goes in the panel's title
         ax.set_title(f"{L} (pairs: {', '.join(counts)})", fontsize="medium")

@@ -138,6 +138,14 @@ def empty(ctx: FigureContext, caption: str, why: str) -> list[Path]:
     return save(fig, ctx)
 
 
+def method_style(method) -> dict:
+    """Line style and marker per method kind: TLM solid with dots, DM dashed with squares, so a DM curve drawn
+    exactly on top of a TLM curve (both 1.0, say) still lets the TLM curve show between its dashes."""
+    m = str(method)
+    return {"ls": "-", "marker": "o"} if m.startswith("tlm") else {"ls": "--", "marker": "s"} if m.startswith("dm") \
+        else {"ls": ":", "marker": "^"}
+
+
 def band(ax, x, mean, std, color, label=None, ls="-", marker="o", alpha=0.2):
     mean, std = np.asarray(mean, float), np.asarray(std, float)
     ax.plot(x, mean, ls=ls, marker=marker, ms=3.5, color=color, label=label, lw=1.6)
