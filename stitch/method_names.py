@@ -10,7 +10,7 @@ from __future__ import annotations
 # stitch.similarity.INDICES holds one SimilarityIndex per name, in this order
 SIMILARITY_INDICES: tuple[str, ...] = ("cka", "cka_debiased", "cca", "svcca", "pwcca", "r2", "opd")
 
-# stitch.matching.direct.fit_direct's kinds: least squares, orthogonal Procrustes, reduced rank, Lasso
+# stitch.matching.direct.solve's kinds: least squares, orthogonal Procrustes, reduced rank, Lasso
 DIRECT_MATCHING_KINDS: tuple[str, ...] = ("ls", "procrustes", "rank", "lasso")
 
 

@@ -118,9 +118,9 @@ def condition_of(rec: dict, seed_keys: Sequence[str] = DEFAULT_SEED_KEYS) -> str
 def record_row(rec: dict, path: Path | None = None, seed_keys: Sequence[str] = DEFAULT_SEED_KEYS) -> dict:
     row = {k: _scalar(rec.get(k)) for k in _TOP}
     row[C.STATUS] = rec.get("status") or "unknown"
-    for m in ("model1", "model2"):
+    for m, tag in (("model1", C.MODEL1_TAG), ("model2", C.MODEL2_TAG)):
         flatten(rec.get(m) or {}, f"{m}.", row)
-        row[C.MODEL1_TAG if m == "model1" else C.MODEL2_TAG] = model_tag(rec.get(m) or {})
+        row[tag] = model_tag(rec.get(m) or {})
     cfg = dict(rec.get("config") or {})
     flatten(cfg.pop("method_config", None) or {}, "method_config.", row)
     for k in ("model1", "model2", "layer", "target_layer", "method", "seed"):
@@ -223,7 +223,7 @@ def aggregate(runs: pd.DataFrame, seed_keys: Sequence[str] = DEFAULT_SEED_KEYS) 
             row[c] = vals.iloc[0] if len(vals) else None
         row["studies"] = ";".join(sorted({str(s) for s in g["study"].dropna()})) if "study" in g else None
         row[C.N_RUNS], row[C.N_OK], row[C.N_FAILED] = len(g), len(ok), len(g) - len(ok)
-        row["failed_runs"] = ";".join(g.loc[g["status"] != "ok", "run"].astype(str)) or None
+        row["failed_runs"] = ";".join(g.loc[g[C.STATUS] != "ok", C.RUN].astype(str)) or None
         for k in seed_keys:
             if k in g:
                 row[f"{k}.values"] = ";".join(str(v) for v in sorted(ok[k].dropna().unique()))

@@ -74,7 +74,7 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
                 ax.axis("off")
                 continue
             # the same pivot as matrices.metric_matrix, in the networks' forward order of the pair's layers
-            mat = pivot(gm, f"{metric}.mean", sources=layer_order(gp, C.LAYER),
+            mat = pivot(gm, C.mean(metric), sources=layer_order(gp, C.LAYER),
                         targets=layer_order(gp, C.TARGET_LAYER))
             what = "relative accuracy" if kind == "acc" else "OOD AUROC"
             heatmap(ax, mat, kind, f"{method_labels(gm).iloc[0]}\n{what} · {pair}", annotate)
@@ -83,10 +83,9 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
         for c in range(len(row), ncols):
             axes[r, c].axis("off")
     note = "" if with_auroc else " (no OOD AUROC in these records: run with ood.enabled=true to add it)"
-    untrusted = {pair: layers for pair, layers in untrusted.items() if layers}
-    if untrusted:
-        listed = "; ".join(f"{pair}: {', '.join(L for L in layer_order(agg[agg['pair'] == pair], C.TARGET_LAYER) if L in layers)}"
-                           for pair, layers in ((p, untrusted[p]) for p in pairs if p in untrusted))
+    listed = "; ".join(f"{pair}: {', '.join(L for L in layer_order(agg[agg['pair'] == pair], C.TARGET_LAYER) if L in untrusted[pair])}"
+                       for pair in pairs if untrusted.get(pair))
+    if listed:
         note += (f". Hatched: target layers whose detector fails its sanity check ({listed}); "
                  f"their AUROC cannot call a stitch in-distribution.")
     drawn = ctx.ok[ctx.ok[C.METHOD].isin({m.split(":")[0] for m in methods})]  # the subtitle names what is drawn

@@ -141,9 +141,10 @@ def empty(ctx: FigureContext, caption: str, why: str) -> list[Path]:
 def method_style(method) -> dict:
     """Line style and marker per method kind: TLM solid with dots, DM dashed with squares, so a DM curve drawn
     exactly on top of a TLM curve (both 1.0, say) still lets the TLM curve show between its dashes."""
-    m = str(method)
-    return {"ls": "-", "marker": "o"} if m.startswith("tlm") else {"ls": "--", "marker": "s"} if m.startswith("dm") \
-        else {"ls": ":", "marker": "^"}
+    for prefix, style in (("tlm", {"ls": "-", "marker": "o"}), ("dm", {"ls": "--", "marker": "s"})):
+        if str(method).startswith(prefix):
+            return style
+    return {"ls": ":", "marker": "^"}
 
 
 def band(ax, x, mean, std, color, label=None, ls="-", marker="o", alpha=0.2):
