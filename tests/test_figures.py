@@ -459,6 +459,22 @@ def test_p2_fig2_lists_each_network_s_untrusted_detectors_apart(figure_dirs, tmp
     assert hatched == [("inter-network (two seeds)", 2)] * 2 + [("intra-network (self-stitching)", 1)] * 2, hatched
 
 
+def test_p2_fig2_draws_no_empty_row_for_a_method_a_pair_did_not_run(figure_dirs, tmp_path):
+    """A CPU study may run one pair with DM alone (ResNet-20, where 3-epoch TLM does not converge): that pair
+    gets its DM rows and no blank TLM row."""
+    keep = [r for r in (json.loads(p.read_text()) for p in sorted((figure_dirs["p2_fig2"] / "records").glob("*.json")))
+            if r["self_stitch"] or r["method"] == "dm"]
+    c = collect([dump(tmp_path / "recs", keep)])
+    drawn = {}
+    draw("p2_fig2", FigureContext(c.runs, aggregate(c.runs), c.history, tmp_path, "fig-p2-2", formats=("png",),
+                                  keep=drawn))
+    panels = [ax.get_title().replace("\n", " ") for ax in drawn["fig-p2-2"].axes if ax.get_images()]
+    blank = [ax for ax in drawn["fig-p2-2"].axes if not ax.axison]
+    assert len(panels) == 6 and not blank, (panels, len(blank))
+    inter = [t for t in panels if "inter-network" in t]
+    assert len(inter) == 2 and all(t.startswith("DM") for t in inter), inter
+
+
 def test_p2_probing_draws_each_index_s_specificity_and_sensitivity(figure_dirs, tmp_path):
     drawn = {}
     c = collect([figure_dirs["p2_probing"]])

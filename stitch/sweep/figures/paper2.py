@@ -51,10 +51,12 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
     # Print layout, at most two heatmaps side by side (about a page width): with AUROC each row is
     # one (model pair, method) showing relative accuracy | AUROC; without, a row per model pair
     # showing TLM | DM.
+    # only what ran: a pair studied with one method (ResNet-20 with DM alone on a CPU) gets no empty rows
+    ran = set(zip(agg["pair"], agg["method_key"]))
     if with_auroc:
-        rows = [[(pair, m, mt) for mt in metrics] for pair in pairs for m in methods]
+        rows = [[(pair, m, mt) for mt in metrics] for pair in pairs for m in methods if (pair, m) in ran]
     else:
-        rows = [[(pair, m, metrics[0]) for m in methods] for pair in pairs]
+        rows = [[(pair, m, metrics[0]) for m in methods if (pair, m) in ran] for pair in pairs]
     ncols = max(len(r) for r in rows)
     n_src, n_tgt = agg[C.LAYER].nunique(), agg[C.TARGET_LAYER].nunique()
     n_layers = max(n_src, n_tgt)
