@@ -500,43 +500,88 @@ def test_stitch_cli_with_ood_enabled(tmp_path, donor_store):
 def test_the_detector_runs_in_one_layout_whatever_model_2_runs_in():
     """The study's fast path makes model 2 channels-last, other paths NCHW; both reach the detector. A
     mixed-layout oneDNN convolution's backward pass can segfault on CPU (issue: `stitch.py ood.enabled=true`
-    died with exit 139), and channels-last backward passes corrupt the heap for some small shapes: every
-    convolution sees its weights' layout, training is NCHW throughout, scoring channels-last (faster),
-    and the scores do not depend on the layout the activations came in."""
+    died with exit 139): every convolution sees its weights' layout, channels-last (faster) in training and
+    scoring, and neither the scores nor the gradients depend on the layout: they equal a plain NCHW copy's."""
     from stitch.ood.networks import ActivationDetector
 
     det = ActivationDetector((16, 30, 30), 10, detector_config(TINY), (32, 32))
-    convs = [m for m in det.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
-    seen, expect = [], [torch.contiguous_format]
-
-    def layout(m, args):  # weights and input both in the phase's layout (a 1x1 kernel is in both)
-        seen.append(m.weight.is_contiguous(memory_format=expect[0]) and args[0].is_contiguous(memory_format=expect[0]))
-    for conv in convs:
-        conv.register_forward_pre_hook(layout)
-    h = torch.randn(4, 16, 30, 30)
-    det.train()
-    det(h.contiguous(memory_format=torch.channels_last)).logsumexp(1).mean().backward()
-    det(h).logsumexp(1).mean().backward()
-    assert seen == [True] * (2 * len(convs))
-    assert all(p.grad is not None for p in det.backbone.parameters() if p.requires_grad)
-    seen.clear()
-    expect[0] = torch.channels_last
-    det.eval()
-    with torch.no_grad():
-        out_nchw, out_cl = det(h), det(h.contiguous(memory_format=torch.channels_last))
-    assert seen == [True] * (2 * len(convs))
-    torch.testing.assert_close(out_cl, out_nchw)
-    ref = copy.deepcopy(det)  # the same detector scoring in plain NCHW: the layout changes no score
+    ref = copy.deepcopy(det)  # the same weights, computing in plain NCHW (the layout detectors trained in before)
     ref.backbone.to(memory_format=torch.contiguous_format)
     ref.layout = torch.contiguous_format
-    for conv in ref.backbone.modules():
-        if isinstance(conv, torch.nn.Conv2d):
-            conv._forward_pre_hooks.clear()
+    convs = [m for m in det.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    seen = []
+
+    def layout(m, args):  # weights and input both channels-last (a 1x1 kernel is in both)
+        cl = torch.channels_last
+        seen.append(m.weight.is_contiguous(memory_format=cl) and args[0].is_contiguous(memory_format=cl))
+    hooks = [conv.register_forward_pre_hook(layout) for conv in convs]
+    h = torch.randn(4, 16, 30, 30)
+    for d in (det, ref):
+        d.train()
+        d(h.contiguous(memory_format=torch.channels_last)).logsumexp(1).mean().backward()
+        d(h).logsumexp(1).mean().backward()
+    assert seen == [True] * (2 * len(convs))
+    for (name, p), q in zip(det.backbone.named_parameters(), ref.backbone.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+    for hook in hooks:
+        hook.remove()
+    det.eval(), ref.eval()
     with torch.no_grad():
+        out_nchw, out_cl = det(h), det(h.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(out_cl, out_nchw)
         torch.testing.assert_close(ref(h), out_cl, rtol=1e-4, atol=1e-5)
-    det.train()
-    with torch.no_grad():
-        torch.testing.assert_close(det.eval()(h), out_nchw)  # switching back and forth keeps the weights
+
+
+def test_narrow_strided_pointwise_convs_compute_in_nchw_and_match_plain_ones():
+    """oneDNN's channels-last weight gradient of a 1x1 stride-2 convolution with few input channels writes
+    past its buffer (torch 2.14 CPU): those convolutions (a narrow ResNet's projection shortcuts) compute
+    in NCHW, with the same values and gradients as a plain convolution, and hand back the input's layout."""
+    from stitch.ood.networks import NCHWStridedPointwiseConv, guard_strided_pointwise_convs
+
+    torch.manual_seed(0)
+    net = models.build("resnet20", 10, in_channels=4, width=0.25)
+    plain = copy.deepcopy(net)
+    net.to(memory_format=torch.channels_last)
+    assert guard_strided_pointwise_convs(net) == 2
+    guarded = [n for n, m in net.named_modules() if isinstance(m, NCHWStridedPointwiseConv)]
+    assert guarded == ["layer2.0.downsample.0", "layer3.0.downsample.0"], guarded  # 4 -> 8 and 8 -> 16 channels
+    assert net.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(8, 4, 8, 8)
+    out = net(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, plain(x), rtol=1e-4, atol=1e-5)
+    out.square().mean().backward()
+    plain(x).square().mean().backward()
+    for (name, p), q in zip(net.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+    shortcut = net.layer2[0].downsample[0]
+    y = shortcut(torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last))
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+
+
+def test_a_narrow_detector_trains_in_channels_last_without_corrupting_the_heap(tmp_path):
+    """The shape that aborted the suite ("corrupted double-linked list"): a quarter-width ResNet-20 detector
+    on 8x8 activations, trained in channels-last. glibc's checking allocator (a child process) turns a
+    stray write into an abort at once, so the guard failing fails here, not in a later test."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import torch\n"
+        "from stitch.ood.networks import ActivationDetector\n"
+        "from stitch.ood.settings import DetectorConfig\n"
+        "torch.manual_seed(0); torch.set_num_threads(1)\n"
+        "det = ActivationDetector((4, 8, 8), 10, DetectorConfig(conv_options=(('width', 0.25),), input_size=8))\n"
+        "opt = torch.optim.SGD(det.parameters(), lr=0.01)\n"
+        "for _ in range(20):\n"
+        "    loss = torch.nn.functional.cross_entropy(det(torch.randn(16, 4, 8, 8)), torch.randint(0, 10, (16,)))\n"
+        "    opt.zero_grad(); loss.backward(); opt.step()\n"
+        "print('trained', det.layout)\n")
+    env = {**os.environ, "GLIBC_TUNABLES": "glibc.malloc.check=3", "MALLOC_PERTURB_": "165",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "trained torch.channels_last" in r.stdout, (r.returncode, r.stderr[-2000:])
 
 
 @pytest.mark.slow

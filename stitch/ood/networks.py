@@ -44,6 +44,46 @@ class TokenClassifier(nn.Module):
         return self.head(self.norm(self.blocks(h))[:, 0])
 
 
+# oneDNN's SIMD width in floats on AVX-512 (16; AVX2's is 8): the bad shapes have fewer input channels
+_NARROW_INPUT = 16
+
+
+class NCHWStridedPointwiseConv(nn.Conv2d):
+    """A 1x1 strided convolution that computes in NCHW on CPU, inside a channels-last network.
+
+    oneDNN's channels-last weight gradient of a 1x1, stride-2 convolution with fewer input
+    channels than a SIMD register holds writes past its buffer: glibc aborts later with
+    "corrupted double-linked list" or the process segfaults (torch 2.14 CPU, AVX2: in_channels
+    2-7, every size and batch tried; 3x3 and stride-1 convolutions are unaffected). A ResNet's
+    projection shortcut is that shape in a narrow network. NCHW computes the same values; the
+    output goes back to the input's layout, since a mixed-layout convolution downstream has its
+    own crash in backward (pytorch/pytorch#136348).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().forward(x)
+        layout = torch.channels_last if x.dim() == 4 and not x.is_contiguous() \
+            and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        # a 1x1 kernel's channels-last strides also pass as contiguous, and oneDNN would take the
+        # channels-last path from them: the weight gets plain strides explicitly (a tiny copy)
+        w = self.weight.clone(memory_format=torch.contiguous_format)
+        y = self._conv_forward(x.contiguous(), w, self.bias)
+        return y.contiguous(memory_format=layout)
+
+
+def guard_strided_pointwise_convs(net: nn.Module) -> int:
+    """Make ``net``'s narrow 1x1 strided convolutions NCHWStridedPointwiseConv, in place (same
+    parameters and state-dict keys); returns how many."""
+    n = 0
+    for m in net.modules():
+        if type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.stride != (1, 1) \
+                and m.in_channels < _NARROW_INPUT:
+            m.__class__ = NCHWStridedPointwiseConv
+            n += 1
+    return n
+
+
 class ActivationDetector(nn.Module):
     """Classifier on a layer's activations: standardise -> (resize) -> backbone -> logits."""
 
@@ -71,22 +111,13 @@ class ActivationDetector(nn.Module):
         self.register_buffer("mean", torch.zeros(c))
         self.register_buffer("std", torch.ones(c))
         self.layout = torch.contiguous_format
-
-    def train(self, mode: bool = True) -> ActivationDetector:
-        """Also switches the conv backbone's layout: NCHW to train, channels-last to score.
-
-        Scoring in channels-last (oneDNN's fast layout) is 1.5-3.4x faster on CPU
-        (bench/ood_detector_layout.py); training stays NCHW, because channels-last conv
-        backward passes corrupt the heap for some small shapes (seen on torch 2.x CPU
-        with a quarter-width ResNet-20 on 8x8 inputs: "corrupted double-linked list").
-        """
-        super().train(mode)
         if self.kind == "conv":
-            layout = torch.contiguous_format if mode else torch.channels_last
-            if layout != self.layout:
-                self.backbone.to(memory_format=layout)
-                self.layout = layout
-        return self
+            # channels-last, oneDNN's fast layout on CPU, to train and to score
+            # (bench/ood_detector_layout.py), with the one kernel that is unsafe in it kept NCHW
+            self.backbone.to(memory_format=torch.channels_last)
+            guard_strided_pointwise_convs(self.backbone)
+            self.layout = torch.channels_last
+
 
     @torch.no_grad()
     def set_standardization(self, acts: torch.Tensor) -> None:
@@ -107,8 +138,8 @@ class ActivationDetector(nn.Module):
         return logits > 0 if self.multilabel else logits.argmax(1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        # One layout, whatever model 2 runs in (NCHW or channels-last): the backbone's own (see
-        # train()). A mixed-layout oneDNN convolution's backward pass can segfault on CPU
+        # One layout, whatever model 2 runs in (NCHW or channels-last): the backbone's own. A
+        # mixed-layout oneDNN convolution's backward pass can segfault on CPU
         # (pytorch/pytorch#136348). Elementwise ops and the resize keep the layout.
         if self.kind == "conv":
             h = h.float().contiguous(memory_format=self.layout)
