@@ -118,7 +118,6 @@ class ActivationDetector(nn.Module):
             guard_strided_pointwise_convs(self.backbone)
             self.layout = torch.channels_last
 
-
     @torch.no_grad()
     def set_standardization(self, acts: torch.Tensor) -> None:
         """Per-channel mean/std from a sample of activations (N x C x H x W or N x T x D)."""
