@@ -77,6 +77,9 @@ class ActivationCache:
         unique = {t.data_ptr(): t for t in self._items.values()}  # B may be A (self-stitching diagonal)
         return sum(t.numel() * t.element_size() for t in unique.values())
 
+    def __contains__(self, key) -> bool:  # no recency touch: asking is not using
+        return key in self._items
+
     def get(self, key):
         if key in self._items:
             self._items.move_to_end(key)
@@ -152,16 +155,24 @@ class FeatureSource:
         return self._n(split) * (_numel(sa) + (0 if same else _numel(sb))) * el
 
     # ------------------------------------------------------------------- caching
+    def _keys(self, split: str) -> tuple[tuple, tuple, tuple, tuple]:
+        """Cache keys of A, B, model 2's logits and the labels. Keyed by network and layer, not by
+        role: in self-stitching, A at L is B at L (and model 2's logits and the labels do not depend
+        on M), so a layer x layer matrix computes each once."""
+        lim = self.limits.get(split)
+        return ((id(self.m1), self.layer, split, lim), (id(self.m2), self.target_layer, split, lim),
+                (id(self.m2), "logits", split, lim), ("labels", split, lim))
+
+    def holds(self, split: str) -> bool:
+        """Whether the cache already holds everything ``batches(split)`` reads."""
+        return self.cache is not None and all(k in self.cache for k in self._keys(split))
+
     @torch.no_grad()
     def _cached(self, split: str) -> tuple[torch.Tensor, ...] | None:
         if self.cache is None or not self.cache.fits(self.cache_bytes(split)):
             return None
         lim = self.limits.get(split)
-        # keyed by network and layer, not by role: in self-stitching, A at L is B at L (and model 2's
-        # logits and the labels do not depend on M), so a layer x layer matrix computes each once
-        ka = (id(self.m1), self.layer, split, lim)
-        kb = (id(self.m2), self.target_layer, split, lim)
-        kz, ky = (id(self.m2), "logits", split, lim), ("labels", split, lim)
+        ka, kb, kz, ky = self._keys(split)
         a, b, z2, y = (self.cache.get(k) for k in (ka, kb, kz, ky))
         if a is None or b is None or z2 is None or y is None:
             n = self._n(split)
@@ -202,8 +213,23 @@ class FeatureSource:
 
     # ------------------------------------------------------------------ batches
     def batches(self, split: str, shuffle: bool = False, augment: bool = False, seed: int = 0,
-                batch_size: int | None = None, need_target: bool = True) -> Iterator[Batch]:
+                batch_size: int | None = None, need_target: bool = True,
+                first: int | None = None) -> Iterator[Batch]:
+        """Batches of the split, from the cache when it holds (or can hold) the split.
+
+        ``first``: the caller reads only the split's first ``first`` images, in order (paper 2's
+        direct matching on K = 100): unless the cache holds the split already, they are computed
+        alone rather than caching all of it (50,000 images for 100).
+        """
         bs = batch_size or self.batch_size
+        lim = self.limits.get(split)
+        if first is not None and not shuffle and first < self._n(split) and not self.holds(split):
+            for x, y in self.datamodule.batches(split, bs, augment=augment, device=self.device, seed=seed,
+                                                limit=first if lim is None else min(lim, first)):
+                x = as_input_for(self.m1, x)
+                b, z2 = self.target(x) if need_target else (None, None)
+                yield Batch(self.front(x), b, y, z2, x)
+            return
         cached = None if augment else self._cached(split)
         if cached is not None:
             a, b, y, z2 = cached

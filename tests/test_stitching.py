@@ -239,6 +239,26 @@ def test_the_activation_cache_shares_one_network_s_layers_and_keeps_within_its_b
     assert layers == {"relu6", "relu7"}  # relu2 was evicted to make room, oldest first
 
 
+def test_dm_on_k_images_computes_those_alone_unless_the_split_is_cached(donor_store):
+    """Paper 2's DM reads the first K = 100 training images: with nothing cached, a fit computes those K
+    and caches nothing (not the 50,000-image split for 100); when the split is cached already (TLM ran on
+    the pair), it reads the cache. Both ways give the same solve, within float32 rounding."""
+    m1, m2 = _donors(donor_store)
+    dm_settings = DMSettings(solver="ls", samples=100)
+    ctx, _ = _ctx(m1, m2, "layer3", "layer5")
+    streamed, info = fit_direct(ctx, dm_settings)
+    assert info["rows"] == 100 * int(np.prod(m2.layer_shapes((3, 32, 32))["layer5"][1:]))
+    assert ctx.source.cache.nbytes() == 0 and not ctx.source.holds("train")
+    cached_ctx, _ = _ctx(m1, m2, "layer3", "layer5")
+    list(cached_ctx.source.batches("train"))  # what a TLM run on the pair leaves behind
+    assert cached_ctx.source.holds("train")
+    held = cached_ctx.source.cache.nbytes()
+    from_cache, _ = fit_direct(cached_ctx, dm_settings)
+    assert cached_ctx.source.cache.nbytes() == held
+    for p, q in zip(streamed.stitch.parameters(), from_cache.stitch.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
 def test_a_run_whose_loss_stays_above_chance_is_flagged_in_the_table():
     from stitch.study.records import format_table
 

@@ -53,7 +53,7 @@ class PairContext:
         stats = MatchingStatistics(device=self.source.device)
         seen = 0
         with torch.no_grad():
-            for batch in self.source.batches(split):
+            for batch in self.source.batches(split, first=samples):
                 a, b = batch.a, batch.b
                 if samples is not None:
                     take = min(len(a), samples - seen)
