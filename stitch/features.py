@@ -20,7 +20,7 @@ import torch
 
 from .data.base import ImageDataModule
 from .models import StitchableNetwork
-from .models.fold import as_input_for
+from .models.fold import as_input_for, memory_format_of
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,6 @@ class Batch:
 
 def _numel(shape) -> int:
     return int(torch.Size(shape).numel())
-
-
-def _format_of(t: torch.Tensor) -> torch.memory_format:
-    """Channels-last for a 4-d channels-last tensor (what a channels-last donor returns), else contiguous."""
-    cl = t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-    return torch.channels_last if cl else torch.contiguous_format
 
 
 class ActivationCache:
@@ -164,7 +158,7 @@ class FeatureSource:
                 (id(self.m2), "logits", split, lim), ("labels", split, lim))
 
     def holds(self, split: str) -> bool:
-        """Whether the cache already holds everything ``batches(split)`` reads."""
+        """Whether the cache already holds the split's A, B, model 2's logits and the labels."""
         return self.cache is not None and all(k in self.cache for k in self._keys(split))
 
     @torch.no_grad()
@@ -201,7 +195,7 @@ class FeatureSource:
                     v = parts[k]
                     if k not in out:
                         out[k] = torch.empty((n, *v.shape[1:]), dtype=dt or v.dtype, device=self.device,
-                                             memory_format=_format_of(v))
+                                             memory_format=memory_format_of(v))
                     out[k][start:start + len(v)] = v
                 start += len(yy)
             for k, t in out.items():
@@ -222,13 +216,18 @@ class FeatureSource:
         alone rather than caching all of it (50,000 images for 100).
         """
         bs = batch_size or self.batch_size
-        lim = self.limits.get(split)
         if first is not None and not shuffle and first < self._n(split) and not self.holds(split):
+            # rounded like the cache would serve them (fp16 on CUDA): a DM cell must not depend on
+            # whether a TLM run cached the pair's split first
+            dt = self.cache_dtype if self.cache is not None else None
             for x, y in self.datamodule.batches(split, bs, augment=augment, device=self.device, seed=seed,
-                                                limit=first if lim is None else min(lim, first)):
+                                                limit=first):
                 x = as_input_for(self.m1, x)
+                a = self.front(x)
                 b, z2 = self.target(x) if need_target else (None, None)
-                yield Batch(self.front(x), b, y, z2, x)
+                if dt is not None:
+                    a, b = a.to(dt), (b.to(dt) if b is not None else None)
+                yield Batch(a, b, y, z2, x)
             return
         cached = None if augment else self._cached(split)
         if cached is not None:

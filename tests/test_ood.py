@@ -497,6 +497,38 @@ def test_stitch_cli_with_ood_enabled(tmp_path, donor_store):
     assert "loaded from" in r.stdout + r.stderr and "training the OOD detector" not in r.stdout + r.stderr
 
 
+def test_a_narrow_detector_trains_in_channels_last_without_corrupting_the_heap(tmp_path):
+    """The shape that aborted the suite ("corrupted double-linked list"): a quarter-width ResNet-20 detector
+    on 8x8 activations, trained in channels-last, in a child process with glibc's heap checks (its debugging
+    allocator where installed): a stray write aborts the child, so the guard failing fails here, not in a
+    later test. (Without the guard the child aborts: "corrupted size vs. prev_size".)"""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import torch\n"
+        "from stitch.ood.networks import ActivationDetector\n"
+        "from stitch.ood.settings import DetectorConfig\n"
+        "torch.manual_seed(0); torch.set_num_threads(1)\n"
+        "det = ActivationDetector((4, 8, 8), 10, DetectorConfig(conv_options=(('width', 0.25),), input_size=8))\n"
+        "opt = torch.optim.SGD(det.parameters(), lr=0.01)\n"
+        "for _ in range(20):\n"
+        "    loss = torch.nn.functional.cross_entropy(det(torch.randn(16, 4, 8, 8)), torch.randint(0, 10, (16,)))\n"
+        "    opt.zero_grad(); loss.backward(); opt.step()\n"
+        "print('trained', det.layout)\n")
+    env = {**os.environ, "GLIBC_TUNABLES": "glibc.malloc.check=3", "MALLOC_PERTURB_": "165",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # glibc >= 2.34 checks the heap this closely only with its debugging allocator preloaded
+    debug = [p for p in ("/usr/lib/x86_64-linux-gnu/libc_malloc_debug.so.0", "/lib64/libc_malloc_debug.so.0",
+                         "/usr/lib64/libc_malloc_debug.so.0") if Path(p).exists()]
+    if debug:
+        env["LD_PRELOAD"] = debug[0]
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "trained torch.channels_last" in r.stdout, (r.returncode, r.stderr[-2000:])
+
+
 def test_the_detector_runs_in_one_layout_whatever_model_2_runs_in():
     """The study's fast path makes model 2 channels-last, other paths NCHW; both reach the detector. A
     mixed-layout oneDNN convolution's backward pass can segfault on CPU (issue: `stitch.py ood.enabled=true`
@@ -525,7 +557,8 @@ def test_the_detector_runs_in_one_layout_whatever_model_2_runs_in():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
     for hook in hooks:
         hook.remove()
-    det.eval(), ref.eval()
+    det.eval()
+    ref.eval()
     with torch.no_grad():
         out_nchw, out_cl = det(h), det(h.contiguous(memory_format=torch.channels_last))
         torch.testing.assert_close(out_cl, out_nchw)
@@ -554,34 +587,15 @@ def test_narrow_strided_pointwise_convs_compute_in_nchw_and_match_plain_ones():
     for (name, p), q in zip(net.named_parameters(), plain.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
     shortcut = net.layer2[0].downsample[0]
+    seen = []
+    plain_conv = shortcut._conv_forward
+    shortcut._conv_forward = lambda x, w, b: seen.append((x.stride(), w.stride())) or plain_conv(x, w, b)
     y = shortcut(torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last))
-    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
-
-
-def test_a_narrow_detector_trains_in_channels_last_without_corrupting_the_heap(tmp_path):
-    """The shape that aborted the suite ("corrupted double-linked list"): a quarter-width ResNet-20 detector
-    on 8x8 activations, trained in channels-last. glibc's checking allocator (a child process) turns a
-    stray write into an abort at once, so the guard failing fails here, not in a later test."""
-    import os
-    import subprocess
-    import sys
-
-    script = tmp_path / "train.py"
-    script.write_text(
-        "import torch\n"
-        "from stitch.ood.networks import ActivationDetector\n"
-        "from stitch.ood.settings import DetectorConfig\n"
-        "torch.manual_seed(0); torch.set_num_threads(1)\n"
-        "det = ActivationDetector((4, 8, 8), 10, DetectorConfig(conv_options=(('width', 0.25),), input_size=8))\n"
-        "opt = torch.optim.SGD(det.parameters(), lr=0.01)\n"
-        "for _ in range(20):\n"
-        "    loss = torch.nn.functional.cross_entropy(det(torch.randn(16, 4, 8, 8)), torch.randint(0, 10, (16,)))\n"
-        "    opt.zero_grad(); loss.backward(); opt.step()\n"
-        "print('trained', det.layout)\n")
-    env = {**os.environ, "GLIBC_TUNABLES": "glibc.malloc.check=3", "MALLOC_PERTURB_": "165",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0 and "trained torch.channels_last" in r.stdout, (r.returncode, r.stderr[-2000:])
+    y1 = shortcut(torch.randn(2, 4, 1, 1).contiguous(memory_format=torch.channels_last))
+    # oneDNN picks its kernel from the strides: plain NCHW ones for input and weight (a 1x1 kernel's
+    # channels-last strides (4, 1, 4, 4) would also pass as contiguous, and so would a 1x1 input's)
+    assert seen == [((256, 64, 8, 1), (4, 1, 1, 1)), ((4, 1, 1, 1), (4, 1, 1, 1))], seen
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous() and y1.shape == (2, 8, 1, 1)
 
 
 @pytest.mark.slow

@@ -82,6 +82,12 @@ def to_channels_last(net: StitchableNetwork) -> StitchableNetwork:
     return net
 
 
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """Channels-last for a 4-d channels-last tensor (what a channels-last network returns), else contiguous."""
+    cl = t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if cl else torch.contiguous_format
+
+
 def as_input_for(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``x`` in the memory format ``net`` runs fastest on."""
     if x.dim() == 4 and getattr(net, "prefers_channels_last", False):

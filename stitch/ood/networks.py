@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .. import models
+from ..models.fold import memory_format_of
 from ..errors import ConfigError
 from .energy import energy, joint_energy
 from .settings import DetectorConfig
@@ -63,12 +64,12 @@ class NCHWStridedPointwiseConv(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
             return super().forward(x)
-        layout = torch.channels_last if x.dim() == 4 and not x.is_contiguous() \
-            and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        # a 1x1 kernel's channels-last strides also pass as contiguous, and oneDNN would take the
-        # channels-last path from them: the weight gets plain strides explicitly (a tiny copy)
-        w = self.weight.clone(memory_format=torch.contiguous_format)
-        y = self._conv_forward(x.contiguous(), w, self.bias)
+        layout = memory_format_of(x)
+        # Plain strides explicitly, by a copy: .contiguous() keeps channels-last strides where they
+        # also pass as contiguous (a 1x1 kernel, a 1x1 activation), and oneDNN would take its
+        # channels-last path from them.
+        y = self._conv_forward(x.clone(memory_format=torch.contiguous_format),
+                               self.weight.clone(memory_format=torch.contiguous_format), self.bias)
         return y.contiguous(memory_format=layout)
 
 

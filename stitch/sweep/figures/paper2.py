@@ -50,13 +50,16 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
     metrics = [(C.RELATIVE_ACC, "acc")] + ([(C.OOD_AUROC, "auroc")] if with_auroc else [])
     # Print layout, at most two heatmaps side by side (about a page width): with AUROC each row is
     # one (model pair, method) showing relative accuracy | AUROC; without, a row per model pair
-    # showing TLM | DM.
-    # only what ran: a pair studied with one method (ResNet-20 with DM alone on a CPU) gets no empty rows
+    # showing its methods (TLM | DM where both ran). Only what ran: a pair studied with one method
+    # (ResNet-20 with DM alone on a CPU) gets no empty panels.
     ran = set(zip(agg["pair"], agg["method_key"]))
     if with_auroc:
         rows = [[(pair, m, mt) for mt in metrics] for pair in pairs for m in methods if (pair, m) in ran]
     else:
         rows = [[(pair, m, metrics[0]) for m in methods if (pair, m) in ran] for pair in pairs]
+    rows = [r for r in rows if r]
+    if not rows:
+        return empty(ctx, cap, f"no runs of {', '.join(methods) or 'the drawn methods'} to draw")
     ncols = max(len(r) for r in rows)
     n_src, n_tgt = agg[C.LAYER].nunique(), agg[C.TARGET_LAYER].nunique()
     n_layers = max(n_src, n_tgt)
