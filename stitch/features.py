@@ -216,20 +216,8 @@ class FeatureSource:
         alone rather than caching all of it (50,000 images for 100).
         """
         bs = batch_size or self.batch_size
-        if first is not None and not shuffle and first < self._n(split) and not self.holds(split):
-            # rounded like the cache would serve them (fp16 on CUDA): a DM cell must not depend on
-            # whether a TLM run cached the pair's split first
-            dt = self.cache_dtype if self.cache is not None else None
-            for x, y in self.datamodule.batches(split, bs, augment=augment, device=self.device, seed=seed,
-                                                limit=first):
-                x = as_input_for(self.m1, x)
-                a = self.front(x)
-                b, z2 = self.target(x) if need_target else (None, None)
-                if dt is not None:
-                    a, b = a.to(dt), (b.to(dt) if b is not None else None)
-                yield Batch(a, b, y, z2, x)
-            return
-        cached = None if augment else self._cached(split)
+        only_first = first is not None and not shuffle and first < self._n(split) and not self.holds(split)
+        cached = None if augment or only_first else self._cached(split)
         if cached is not None:
             a, b, y, z2 = cached
             n = len(y)
@@ -239,11 +227,16 @@ class FeatureSource:
                 idx = order[start:start + bs] if shuffle else slice(start, start + bs)
                 yield Batch(a[idx], b[idx] if need_target else None, y[idx], z2[idx])
             return
+        # the first K alone are rounded like the cache would serve them (fp16 on CUDA): a DM cell must
+        # not depend on whether a TLM run cached the pair's split first
+        round_to = self.cache_dtype if only_first and self.cache is not None else None
         for x, y in self.datamodule.batches(split, bs, shuffle=shuffle, augment=augment, device=self.device, seed=seed,
-                                            limit=self.limits.get(split)):
+                                            limit=first if only_first else self.limits.get(split)):
             x = as_input_for(self.m1, x)  # once for both networks (a no-op for the second when they agree)
             a = self.front(x)
             b, z2 = self.target(x) if need_target else (None, None)
+            if round_to is not None:
+                a, b = a.to(round_to), (b.to(round_to) if b is not None else None)
             yield Batch(a, b, y, z2, x)
 
     def num_batches(self, split: str, batch_size: int | None = None) -> int:

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from .. import models
-from ..models.fold import memory_format_of
 from ..errors import ConfigError
+from ..models.fold import memory_format_of
 from .energy import energy, joint_energy
 from .settings import DetectorConfig
 

@@ -75,7 +75,7 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
             ax = axes[r, c]
             gp = agg[agg["pair"] == pair]
             gm = gp[gp["method_key"] == m]
-            if not len(gm) or f"{metric}.mean" not in gm:
+            if not len(gm) or C.mean(metric) not in gm:
                 ax.axis("off")
                 continue
             # the same pivot as matrices.metric_matrix, in the networks' forward order of the pair's layers
