@@ -475,6 +475,29 @@ def test_p2_fig2_draws_no_empty_row_for_a_method_a_pair_did_not_run(figure_dirs,
     assert len(inter) == 2 and all(t.startswith("DM") for t in inter), inter
 
 
+def test_dm_panels_name_the_image_count_their_records_were_fitted_on(figure_dirs, tmp_path):
+    """The label states a DM fit's images from the record (method_config.samples), not from the recipe's name:
+    ``dm=paper2 dm.samples=250`` is not drawn as '100 images', and the full-data solve says nothing of a count."""
+    from stitch.sweep.labels import method_label
+
+    assert method_label("dm", "paper2") == "DM (least squares, 100 images)"  # records from before the field
+    assert method_label("dm", "paper2", 250) == "DM (least squares, 250 images)"
+    assert method_label("dm", "least_squares", float("nan")) == "DM (least squares)"
+    assert method_label("dm", "least_squares", 1000.0) == "DM (least squares, 1000 images)"
+    assert method_label("dm", "lasso", 100) == "DM (lasso, 100 images)"
+    assert method_label("tlm", "paper2", 100) == "TLM (paper 2 recipe)"
+    recs = [json.loads(p.read_text()) for p in sorted((figure_dirs["p2_fig2"] / "records").glob("*.json"))]
+    for r in recs:
+        if r["method"] == "dm":
+            r["config"]["method_config"]["samples"] = 250
+    c = collect([dump(tmp_path / "recs", recs)])
+    drawn = {}
+    draw("p2_fig2", FigureContext(c.runs, aggregate(c.runs), c.history, tmp_path, "fig-p2-2", formats=("png",),
+                                  keep=drawn))
+    titles = [ax.get_title().split("\n")[0] for ax in drawn["fig-p2-2"].axes if ax.get_images()]
+    assert sorted(set(titles)) == ["DM (least squares, 250 images)", "TLM (paper 2 recipe)"], titles
+
+
 def test_p2_probing_draws_each_index_s_specificity_and_sensitivity(figure_dirs, tmp_path):
     drawn = {}
     c = collect([figure_dirs["p2_probing"]])

@@ -49,6 +49,7 @@ RANK = "method_config.rank"
 ZERO_THRESHOLD = "method_config.zero_threshold"
 DM_SOLVER = "method_config.solver"
 DM_ALPHA = "method_config.alpha"
+DM_SAMPLES = "method_config.samples"  # a DM fit's training images (None: the whole split)
 SPARSITY = "fit.sparsity"
 
 # --- its results (stitch.evaluation and stitch.ood metrics)

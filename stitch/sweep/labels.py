@@ -12,12 +12,27 @@ _METHOD_LABELS = {
 }
 
 
-def method_label(method: str, variant: str | None = None) -> str:
-    variant = None if variant is None or (isinstance(variant, float) and math.isnan(variant)) else str(variant)
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def method_label(method: str, variant: str | None = None, samples: int | float | None = None) -> str:
+    """'TLM (paper 2 recipe)', 'DM (least squares, 100 images)', ...
+
+    ``samples``: a DM fit's training images (the record's ``method_config.samples``; None: the
+    whole split). Where the record says, the label states it rather than the recipe's default, so a
+    ``dm.samples`` override is never drawn under another count's name."""
+    variant = None if _missing(variant) else str(variant)
     if (method, variant) in _METHOD_LABELS:
-        return _METHOD_LABELS[(method, variant)]
-    base = _METHOD_LABELS.get((method, None), str(method))
-    return f"{base} ({variant})" if variant else base
+        label = _METHOD_LABELS[(method, variant)]
+    else:
+        base = _METHOD_LABELS.get((method, None), str(method))
+        label = f"{base} ({variant})" if variant else base
+    if method == "dm" and not _missing(samples):
+        inner = label[label.index("(") + 1:-1] if label.endswith(")") else ""
+        parts = [p for p in inner.split(", ") if p and not p.endswith(" images")]
+        label = f"DM ({', '.join(parts + [f'{int(samples)} images'])})"
+    return label
 
 
 def model_tag(model: dict) -> str | None:
