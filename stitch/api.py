@@ -120,12 +120,14 @@ class _Session:
 
         budget = int(cache_gb * 2**30) if cache_gb is not None else cache_budget_bytes(CacheSettings(), self.device)
         self.cache = ActivationCache(budget)
+        self.shared: dict = {}  # scalars measured once per session (FeatureSource.shared)
         self.batch_size = batch_size
 
     def pair(self, m1: StitchableNetwork, m2: StitchableNetwork, L: str, M: str) -> PairContext:
         m1.to(self.device), m2.to(self.device)
         L, M = m1.check_layer(L), m2.check_layer(M)
-        source = FeatureSource(m1, m2, L, M, self.data, self.device, "32", self.cache, batch_size=self.batch_size)
+        source = FeatureSource(m1, m2, L, M, self.data, self.device, "32", self.cache, batch_size=self.batch_size,
+                               shared=self.shared)
         return PairContext(m1, m2, L, M, source, tuple(self.data.input_shape))
 
 

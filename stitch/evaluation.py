@@ -135,9 +135,10 @@ def evaluate(net: StitchedNetwork, source: FeatureSource, multilabel: bool, spli
         if identity_ok is None:
             identity_ok = tuple(batch.a.shape[1:]) == tuple(b.shape[1:])
             # neither the baseline nor model 1's accuracy depends on the stitch: computed once per pair
-            # (source), reused by its runs (a layer x layer matrix would run model 1's back half N^2 times)
+            # (the baseline) or per study (model 1's accuracy), reused by the runs
             need_identity = identity_ok and getattr(source, "identity_ce", None) is None
-            need_model1 = getattr(source, "model1_acc", None) is None
+            # model 1's accuracy depends on neither layer: once per study; in self-stitching it is model 2's
+            need_model1 = source.model1_accuracy(split) is None and source.m1 is not source.m2
         if need_model1:
             with autocast(device, source.precision):
                 a1 = batch.a if torch.is_autocast_enabled(device.type) else batch.a.float()
@@ -167,9 +168,10 @@ def evaluate(net: StitchedNetwork, source: FeatureSource, multilabel: bool, spli
     if identity_ok and need_identity:
         source.identity_ce = float(sums["ce_identity"] / n)
     if need_model1:
-        source.model1_acc = float(sums["model1"] / n)
+        source.keep_model1_accuracy(split, float(sums["model1"] / n))
+    model1_acc = acc2 if source.m1 is source.m2 else source.model1_accuracy(split)
     metrics: dict[str, float | None] = {
-        "stitched_acc": acc_s, "model1_acc": source.model1_acc, "model2_acc": acc2,
+        "stitched_acc": acc_s, "model1_acc": model1_acc, "model2_acc": acc2,
         "relative_acc": acc_s / acc2 if acc2 > 0 else None,
         "cross_entropy": float(sums["ce"] / n), "cross_entropy_paper1": float(sums["ce"] / n) / classes,
         "identity_cross_entropy": source.identity_ce if identity_ok else None,

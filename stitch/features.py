@@ -103,7 +103,8 @@ class FeatureSource:
 
     def __init__(self, model1: StitchableNetwork, model2: StitchableNetwork, layer: str, target_layer: str,
                  datamodule: ImageDataModule, device: torch.device, precision: str = "32", cache: ActivationCache | None = None,
-                 cache_dtype: torch.dtype = torch.float32, batch_size: int = 256, limits: dict | None = None):
+                 cache_dtype: torch.dtype = torch.float32, batch_size: int = 256, limits: dict | None = None,
+                 shared: dict | None = None):
         self.m1, self.m2 = model1, model2
         self.layer, self.target_layer = layer, target_layer
         self.datamodule = datamodule
@@ -113,11 +114,24 @@ class FeatureSource:
         self.cache_dtype = cache_dtype
         self.batch_size = batch_size
         self.limits = limits or {}
-        # what evaluation computes once per pair, not per run: paper 1's no-transformation baseline,
-        # model 1's own accuracy, the indices between the raw A and B
+        # what evaluation computes once per pair, not per run: paper 1's no-transformation baseline and
+        # the indices between the raw A and B
         self.identity_ce: float | None = None
-        self.model1_acc: float | None = None
         self.raw_similarity: dict = {}
+        # what it computes once per study (every pair of the study passes the same dict): model 1's
+        # own accuracy, which does not depend on the layers (a 9 x 9 ResNet-20 matrix ran model 1's back
+        # half 81 times for it)
+        self.shared = {} if shared is None else shared
+
+    def _model1_key(self, split: str) -> tuple:
+        return ("model1_acc", id(self.m1), split, self.limits.get(split), self.precision)
+
+    def model1_accuracy(self, split: str) -> float | None:
+        """Model 1's accuracy on ``split`` if a run of this study has measured it, else None."""
+        return self.shared.get(self._model1_key(split))
+
+    def keep_model1_accuracy(self, split: str, value: float) -> None:
+        self.shared[self._model1_key(split)] = value
 
     # --------------------------------------------------------------- frozen parts
     @torch.no_grad()

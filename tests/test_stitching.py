@@ -259,6 +259,35 @@ def test_dm_on_k_images_computes_those_alone_unless_the_split_is_cached(donor_st
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+def test_model_one_s_accuracy_is_measured_once_per_study_and_is_model_two_s_in_self_stitching(donor_store):
+    """Model 1's accuracy depends on neither layer: a layer x layer study measures it with the first pair's
+    evaluation and every later pair reads it (a 9 x 9 ResNet-20 matrix ran model 1's back half 81 times for
+    it); when model 1 is model 2 it is model 2's accuracy, with no forward of its own. The value is the
+    donor's accuracy on the test split, whichever layer measured it."""
+    m1, m2 = _donors(donor_store)
+    dm = data.build("synthetic", **{k: v for k, v in SYNTH.items() if k != "name"})
+    dm.setup()
+    with torch.no_grad():
+        correct = sum(int((m1(x).argmax(1) == y).sum()) for x, y in dm.batches("test", 64))
+    truth = correct / dm.size("test")
+    cache, shared, seen = ActivationCache(2**30), {}, []
+    real = m1.forward_from
+    m1.forward_from = lambda h, layer: (seen.append(layer), real(h, layer))[1]
+    try:
+        for L, M in [("layer3", "layer5"), ("layer6", "layer2"), ("layer3", "layer3")]:
+            src = FeatureSource(m1, m2, L, M, dm, torch.device("cpu"), "32", cache, batch_size=64, shared=shared)
+            net, _ = fit_direct(PairContext(m1, m2, L, M, src, dm.input_shape), DMSettings(solver="ls", samples=64))
+            assert evaluate(net, src, multilabel=False)["model1_acc"] == pytest.approx(truth, abs=1e-12)
+    finally:
+        del m1.forward_from
+    assert set(seen) == {"relu3"}  # layer3 is relu3; the first pair's evaluation only, batch by batch
+    src = FeatureSource(m2, m2, "layer4", "layer6", dm, torch.device("cpu"), "32", cache, batch_size=64,
+                        shared=shared)
+    net, _ = fit_direct(PairContext(m2, m2, "layer4", "layer6", src, dm.input_shape), DMSettings(solver="ls"))
+    metrics = evaluate(net, src, multilabel=False)
+    assert metrics["model1_acc"] == metrics["model2_acc"]
+
+
 def test_a_run_whose_loss_stays_above_chance_is_flagged_in_the_table():
     from stitch.study.records import format_table
 

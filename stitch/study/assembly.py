@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
@@ -152,6 +152,7 @@ class Study:
     cache_dtype: torch.dtype
     load_s: float = 0.0
     detectors: Any = None  # stitch.ood.DetectorSupply (ood.enabled): model 2's detectors, kept in memory for the study
+    shared: dict = field(default_factory=dict)  # scalars measured once per study (FeatureSource.shared)
 
     @classmethod
     def assemble(cls, s: StudySettings, *, pairs: list[tuple[str, str]] | None = None) -> Study:
@@ -195,7 +196,7 @@ class Study:
         s = self.settings
         source = FeatureSource(self.model1.net, self.model2.net, L, M, self.data, self.device, self.precision,
                                self.cache, self.cache_dtype, batch_size=s.batch_size,
-                               limits={"train": s.train_limit, "test": s.test_limit})
+                               limits={"train": s.train_limit, "test": s.test_limit}, shared=self.shared)
         return PairContext(self.model1.net, self.model2.net, L, M, source, self.data.input_shape)
 
     def pairs(self) -> Iterator[PairContext]:
