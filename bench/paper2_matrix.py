@@ -1,9 +1,10 @@
 """Time and memory of a paper-2 layer x layer study (TLM, DM, OOD detectors and scores), from scratch.
 
 Runs ``stitch.py`` once as a child process on a fresh results directory (detectors are trained
-unless the model store already holds them: pass a fresh ``store=`` copy, or ``--keep-detectors``
-to time reuse), measures its wall time and peak resident memory, then prints a table of where
-the time went, read from the study's records and its detectors' meta files:
+unless the model store already holds them: pass a fresh ``store=`` copy holding only the donor to
+time them, the usual store to time their reuse), measures its wall time and peak resident memory,
+then prints a table of where the time went, read from the study's records and its detectors' meta
+files:
 
     python bench/paper2_matrix.py +experiment=p2_fig1_released method=[tlm,dm] \\
         data.root=../shared/data/cifar10-jpeg store=models/released        # Tiny-10 8 x 8, from scratch
