@@ -97,6 +97,16 @@ class ActivationCache:
     def clear(self) -> None:
         self._items.clear()
 
+    def drop_layers_except(self, needed: set) -> None:
+        """Drop the layer activations whose (network id, layer) is not in ``needed``; keep logits and labels.
+
+        Called between a study's layer pairs with what the later pairs use. Oldest-first eviction alone
+        keeps a finished source layer (used by every run of its row, so the most recent) and evicts the
+        target layers the next row needs again: a ResNet-20 row into layer3.x recomputed two of them per
+        new source, about 45 s a run."""
+        for key in [k for k in self._items if len(k) == 4 and k[1] != "logits" and (k[0], k[1]) not in needed]:
+            del self._items[key]
+
 
 class FeatureSource:
     """Batches of (A, B, y, z2) for one (model1, L, model2, M) pair."""

@@ -239,6 +239,41 @@ def test_the_activation_cache_shares_one_network_s_layers_and_keeps_within_its_b
     assert layers == {"relu6", "relu7"}  # relu2 was evicted to make room, oldest first
 
 
+def test_a_study_drops_the_activations_no_later_pair_needs_before_those_it_does(donor_store):
+    """Between a matrix's rows the study drops the finished source layer, not the target layers the next row
+    reads again: oldest-first eviction alone kept the source (used by every run of its row) and made each
+    new row recompute its targets (ResNet-20 into layer3.x: about 45 s a run)."""
+    from types import SimpleNamespace
+
+    from stitch.study.assembly import Donor, Study
+
+    m1, m2 = _donors(donor_store)
+    dm = data.build("synthetic", **{k: v for k, v in SYNTH.items() if k != "name"})
+    dm.setup()
+    shapes1, shapes2 = m1.layer_shapes((3, 32, 32)), m2.layer_shapes((3, 32, 32))
+    targets = ["relu5", "relu6", "relu7"]
+    # room for one row: a source and its three targets (the train split), plus logits and labels
+    budget = 384 * 4 * (int(np.prod(shapes1["relu2"])) + sum(int(np.prod(shapes2[t])) for t in targets)) + 2**16
+    key = store.DonorKey.make("synthetic", "tiny10", 0, {"padding": "kornblith"})
+    pairs = [(source, t) for source in ("relu2", "relu3") for t in targets]
+    settings = SimpleNamespace(batch_size=64, train_limit=None, test_limit=None, target_layer=targets)
+    study = Study(settings, torch.device("cpu"), "32", dm,
+                  Donor(m1, {}, key), Donor(m2, {}, key), pairs, ActivationCache(budget), torch.float32)
+    computed = []
+    real = m2.forward_to
+    m2.forward_to = lambda x, layer: (computed.append(layer), real(x, layer))[1]
+    try:
+        for ctx in study.pairs():
+            list(ctx.source.batches("train"))
+            assert study.cache.nbytes() <= budget
+    finally:
+        del m2.forward_to
+    per_pass = math.ceil(384 / 64)
+    assert computed == [t for t in targets for _ in range(per_pass)]  # each target computed once, not once per row
+    held = {k[1] for k in study.cache._items if len(k) == 4 and k[1] != "logits"}
+    assert held == set()  # and nothing is left once no pair needs it
+
+
 def test_dm_on_k_images_computes_those_alone_unless_the_split_is_cached(donor_store):
     """Paper 2's DM reads the first K = 100 training images: with nothing cached, a fit computes those K
     and caches nothing (not the 50,000-image split for 100); when the split is cached already (TLM ran on

@@ -201,10 +201,12 @@ class Study:
 
     def pairs(self) -> Iterator[PairContext]:
         """One context per layer pair, in order; cached activations are dropped when no later pair needs them."""
-        for L, M in self.layer_pairs:
+        m1, m2 = id(self.model1.net), id(self.model2.net)
+        for i, (L, M) in enumerate(self.layer_pairs):
             yield self.pair(L, M)
-            if self.cache is not None and len(self.layer_pairs) > 1 and self.settings.target_layer is None:
-                self.cache.clear()  # layer=all without a matrix: activations of this pair are not needed again
+            if self.cache is not None:
+                later = self.layer_pairs[i + 1:]
+                self.cache.drop_layers_except({(m1, a) for a, _ in later} | {(m2, b) for _, b in later})
 
 
 def _fast_path(d1: Donor, d2: Donor, pairs: list[tuple[str, str]], *, fold: bool, channels_last: bool) -> None:
