@@ -103,7 +103,7 @@ class ActivationCache:
         Called between a study's layer pairs with what the later pairs use. Oldest-first eviction alone
         keeps a finished source layer (used by every run of its row, so the most recent) and evicts the
         target layers the next row needs again: a ResNet-20 row into layer3.x recomputed two of them per
-        new source, about 45 s a run."""
+        new source, 45–70 s a run."""
         for key in [k for k in self._items if len(k) == 4 and k[1] != "logits" and (k[0], k[1]) not in needed]:
             del self._items[key]
 

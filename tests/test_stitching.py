@@ -242,7 +242,7 @@ def test_the_activation_cache_shares_one_network_s_layers_and_keeps_within_its_b
 def test_a_study_drops_the_activations_no_later_pair_needs_before_those_it_does(donor_store):
     """Between a matrix's rows the study drops the finished source layer, not the target layers the next row
     reads again: oldest-first eviction alone kept the source (used by every run of its row) and made each
-    new row recompute its targets (ResNet-20 into layer3.x: about 45 s a run)."""
+    new row recompute its targets (ResNet-20 into layer3.x: 45–70 s a run)."""
     from types import SimpleNamespace
 
     from stitch.study.assembly import Donor, Study
