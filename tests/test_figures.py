@@ -480,22 +480,32 @@ def test_dm_panels_name_the_image_count_their_records_were_fitted_on(figure_dirs
     ``dm=paper2 dm.samples=250`` is not drawn as '100 images', and the full-data solve says nothing of a count."""
     from stitch.sweep.labels import method_label
 
-    assert method_label("dm", "paper2") == "DM (least squares, 100 images)"  # records from before the field
-    assert method_label("dm", "paper2", 250) == "DM (least squares, 250 images)"
-    assert method_label("dm", "least_squares", float("nan")) == "DM (least squares)"
-    assert method_label("dm", "least_squares", 1000.0) == "DM (least squares, 1000 images)"
-    assert method_label("dm", "lasso", 100) == "DM (lasso, 100 images)"
-    assert method_label("tlm", "paper2", 100) == "TLM (paper 2 recipe)"
+    assert method_label("dm", "paper2") == "DM (least squares, 100 images)"  # no count recorded: the recipe's
+    known = {"samples_recorded": True}
+    assert method_label("dm", "paper2", 250, **known) == "DM (least squares, 250 images)"
+    assert method_label("dm", "paper2", None, **known) == "DM (least squares)"  # dm.samples=null: the whole split
+    assert method_label("dm", "least_squares", float("nan"), **known) == "DM (least squares)"
+    assert method_label("dm", "least_squares", 1000.0, **known) == "DM (least squares, 1000 images)"
+    assert method_label("dm", "lasso", 100, **known) == "DM (lasso, 100 images)"
+    assert method_label("tlm", "paper2", 100, **known) == "TLM (paper 2 recipe)"
     recs = [json.loads(p.read_text()) for p in sorted((figure_dirs["p2_fig2"] / "records").glob("*.json"))]
+    intra_dm = []
     for r in recs:
         if r["method"] == "dm":
             r["config"]["method_config"]["samples"] = 250
-    c = collect([dump(tmp_path / "recs", recs)])
+            if r["self_stitch"]:  # the same recipe at a second count: its own matrices, not one averaged panel
+                other = json.loads(json.dumps(r))
+                other["run"] += "-500"
+                other["config"]["method_config"]["samples"] = 500
+                intra_dm.append(other)
+    c = collect([dump(tmp_path / "recs", recs + intra_dm)])
     drawn = {}
     draw("p2_fig2", FigureContext(c.runs, aggregate(c.runs), c.history, tmp_path, "fig-p2-2", formats=("png",),
                                   keep=drawn))
-    titles = [ax.get_title().split("\n")[0] for ax in drawn["fig-p2-2"].axes if ax.get_images()]
-    assert sorted(set(titles)) == ["DM (least squares, 250 images)", "TLM (paper 2 recipe)"], titles
+    titles = [ax.get_title().replace("\n", " ") for ax in drawn["fig-p2-2"].axes if ax.get_images()]
+    dm = sorted({t.split(" relative")[0].split(" OOD")[0] for t in titles if t.startswith("DM")})
+    assert dm == ["DM (least squares, 250 images)", "DM (least squares, 500 images)"], titles
+    assert sum(t.startswith("DM (least squares, 500 images)") for t in titles) == 2  # intra only: accuracy, AUROC
 
 
 def test_p2_probing_draws_each_index_s_specificity_and_sensitivity(figure_dirs, tmp_path):

@@ -315,12 +315,13 @@ def test_model_one_s_accuracy_is_measured_once_per_study_and_is_model_two_s_in_s
             assert evaluate(net, src, multilabel=False)["model1_acc"] == pytest.approx(truth, abs=1e-12)
     finally:
         del m1.forward_from
-    assert set(seen) == {"relu3"}  # layer3 is relu3; the first pair's evaluation only, batch by batch
+    assert seen == ["relu3"] * math.ceil(dm.size("test") / 64)  # layer3 is relu3: the first pair's evaluation only
     src = FeatureSource(m2, m2, "layer4", "layer6", dm, torch.device("cpu"), "32", cache, batch_size=64,
                         shared=shared)
     net, _ = fit_direct(PairContext(m2, m2, "layer4", "layer6", src, dm.input_shape), DMSettings(solver="ls"))
     metrics = evaluate(net, src, multilabel=False)
     assert metrics["model1_acc"] == metrics["model2_acc"]
+    assert not any(k[1] == id(m2) for k in shared)  # measured with model 2's own logits, not a forward of its own
 
 
 def test_a_run_whose_loss_stays_above_chance_is_flagged_in_the_table():

@@ -16,22 +16,26 @@ def _missing(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def method_label(method: str, variant: str | None = None, samples: int | float | None = None) -> str:
+def method_label(method: str, variant: str | None = None, samples: int | float | None = None, *,
+                 samples_recorded: bool = False) -> str:
     """'TLM (paper 2 recipe)', 'DM (least squares, 100 images)', ...
 
-    ``samples``: a DM fit's training images (the record's ``method_config.samples``; None: the
-    whole split). Where the record says, the label states it rather than the recipe's default, so a
-    ``dm.samples`` override is never drawn under another count's name."""
+    ``samples``: a DM fit's training images, the record's ``method_config.samples`` (None: the whole
+    split), used when ``samples_recorded``. The label then states the count the records were fitted on
+    rather than the recipe's default, so ``dm=paper2 dm.samples=250`` is never drawn as '100 images',
+    nor ``dm.samples=null`` (the whole split) as any count."""
     variant = None if _missing(variant) else str(variant)
     if (method, variant) in _METHOD_LABELS:
         label = _METHOD_LABELS[(method, variant)]
     else:
         base = _METHOD_LABELS.get((method, None), str(method))
         label = f"{base} ({variant})" if variant else base
-    if method == "dm" and not _missing(samples):
+    if method == "dm" and samples_recorded:
         inner = label[label.index("(") + 1:-1] if label.endswith(")") else ""
         parts = [p for p in inner.split(", ") if p and not p.endswith(" images")]
-        label = f"DM ({', '.join(parts + [f'{int(samples)} images'])})"
+        if not _missing(samples):
+            parts.append(f"{int(samples)} images")
+        label = f"DM ({', '.join(parts)})" if parts else "DM"
     return label
 
 

@@ -41,10 +41,11 @@ def _matrix_figure(ctx: FigureContext, cap: str, methods: list[str] | None = Non
     one_arch = agg[[C.MODEL1_TAG, C.MODEL2_TAG]].drop_duplicates().shape[0] == 1
     agg["pair"] = agg.apply(_pair_label, axis=1, with_arch=not one_arch)
     pairs = sorted(agg["pair"].unique(), key=lambda p: (0 if "intra" in p else 1, p))
-    # a method run in several variants (DM: paper 2's K = 100 and the full-data solve) is a matrix per variant
-    variant = col(agg, C.VARIANT).astype(object).where(col(agg, C.VARIANT).notna(), "")
-    several = agg.assign(v=variant).groupby(C.METHOD)["v"].nunique()
-    agg["method_key"] = [f"{m}:{v}" if several.get(m, 1) > 1 else m for m, v in zip(agg[C.METHOD], variant)]
+    # a method run in several variants (DM: paper 2's K = 100 and the full-data solve, or two sample counts
+    # of one recipe) is a matrix per variant: keyed by the label, which names the recipe and the count
+    label = method_labels(agg)
+    several = agg.assign(v=label).groupby(C.METHOD)["v"].nunique()
+    agg["method_key"] = [f"{m}:{v}" if several.get(m, 1) > 1 else m for m, v in zip(agg[C.METHOD], label)]
     methods = [k for k in order_methods(agg["method_key"]) if methods is None or k.split(":")[0] in methods]
     with_auroc = C.mean(C.OOD_AUROC) in agg and agg[C.mean(C.OOD_AUROC)].notna().any()
     metrics = [(C.RELATIVE_ACC, "acc")] + ([(C.OOD_AUROC, "auroc")] if with_auroc else [])

@@ -26,8 +26,9 @@ def col(df: pd.DataFrame, name: str, default=None) -> pd.Series:
 
 def method_labels(df: pd.DataFrame) -> pd.Series:
     """Per-row method label from ``method``, the recipe name (``variant``) and a DM fit's image count."""
-    v, k = col(df, C.VARIANT), col(df, C.DM_SAMPLES)
-    return pd.Series([method_label(m, r, n) for m, r, n in zip(df[C.METHOD], v, k)], index=df.index, dtype=object)
+    v, k, recorded = col(df, C.VARIANT), col(df, C.DM_SAMPLES), C.DM_SAMPLES in df
+    return pd.Series([method_label(m, r, n, samples_recorded=recorded) for m, r, n in zip(df[C.METHOD], v, k)],
+                     index=df.index, dtype=object)
 
 
 def method_rank(m) -> tuple:
